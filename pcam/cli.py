@@ -191,7 +191,7 @@ def _infer_deeplab(a: argparse.Namespace) -> int:
 def _summarize(a: argparse.Namespace) -> int:
     from pcam.summary import summarize
 
-    table = summarize([Path(p) for p in a.evals], out=Path(a.out), dataset_is_voc=a.voc)
+    table = summarize([Path(p) for p in a.evals], out=Path(a.out), splits=a.splits, paper=a.paper)
     print(table)
     return 0
 
@@ -314,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals", nargs="+", required=True,
                    help="evaluation CSVs named results/{experiment}/eval/{stage}.csv")
     p.add_argument("--out", required=True, help="summary CSV")
-    p.add_argument("--voc", action="store_true", help="fill paper_miou (dataset is VOC 2012)")
+    p.add_argument("--splits", type=_json, default={"train": "train", "val": "val"},
+                   help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}')
+    p.add_argument("--paper", type=_json, default={},
+                   help="paper mIoU per experiment and stage (JSON), filled on VOC")
 
     return parser
 

@@ -1,0 +1,110 @@
+"""The results a user reads: summary table and report figures."""
+
+
+def eval_csvs(experiment):
+    """Evaluation CSVs of one experiment, named after the summary's stages."""
+    if config["experiments"][experiment]["supervision"] == "full":
+        stages = ["deeplab_full", "deeplab_full_crf"]
+    else:
+        stages = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
+    return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
+
+
+ALL_EVALS = [csv for name in config["experiments"] for csv in eval_csvs(name)]
+
+
+rule summary:
+    input:
+        evals=ALL_EVALS,
+    output:
+        report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    params:
+        splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
+        paper=json.dumps(PAPER),
+        code=code("pcam.summary"),
+    log:
+        f"{LOGS}/summary.log",
+    benchmark:
+        f"{LOGS}/benchmarks/summary.tsv"
+    shell:
+        "pcam --log-file {log} summarize --evals {input.evals} --splits {params.splits:q}"
+        " --paper {params.paper:q} --out {output}"
+
+
+rule per_class_figure:
+    input:
+        evals=lambda w: eval_csvs(w.experiment),
+    output:
+        report(
+            f"{RESULTS}/figures/{{experiment}}/per_class_iou.png",
+            caption="../report/per_class.rst",
+            category="Per-class IoU",
+            subcategory="{experiment}",
+        ),
+    params:
+        code=code("pcam.report"),
+    log:
+        f"{LOGS}/{{experiment}}/per_class_figure.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/per_class_figure.tsv"
+    shell:
+        "pcam --log-file {log} figure per-class --evals {input.evals} --out {output}"
+
+
+rule curves_figure:
+    input:
+        curves=lambda w: (
+            [f"{RESULTS}/{w.experiment}/deeplab/curve.csv"]
+            if config["experiments"][w.experiment]["supervision"] == "full"
+            else [
+                f"{RESULTS}/{w.experiment}/{stage}/curve.csv"
+                for stage in ("classifier", "affinitynet", "deeplab")
+            ]
+        ),
+    output:
+        report(
+            f"{RESULTS}/figures/{{experiment}}/training_curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            subcategory="{experiment}",
+        ),
+    params:
+        code=code("pcam.report"),
+    log:
+        f"{LOGS}/{{experiment}}/curves_figure.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/curves_figure.tsv"
+    shell:
+        "pcam --log-file {log} figure curves --curves {input.curves} --out {output}"
+
+
+rule gallery_figure:
+    input:
+        cams=lambda w: shard_dirs(w.experiment, "cams", DATA["train_split"]),
+        rw=lambda w: shard_dirs(w.experiment, "rw", DATA["train_split"]),
+        pseudo=lambda w: shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"]),
+        deeplab=lambda w: shard_dirs(w.experiment, "deeplab_pred", DATA["eval_split"]),
+    output:
+        report(
+            f"{RESULTS}/figures/{{experiment}}/gallery.png",
+            caption="../report/gallery.rst",
+            category="Gallery",
+            subcategory="{experiment}",
+        ),
+    params:
+        dataset=DATASET_JSON,
+        split=DATA["eval_split"],
+        n_images=6,
+        code=code("pcam.report"),
+    log:
+        f"{LOGS}/{{experiment}}/gallery_figure.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/gallery_figure.tsv"
+    shell:
+        "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
+        " --split {params.split} --n-images {params.n_images} --cams {input.cams}"
+        " --rw {input.rw} --pseudo {input.pseudo} --deeplab {input.deeplab} --out {output}"
