@@ -31,7 +31,7 @@ def _json(text: str) -> dict:
 
 
 def _dataset(args: argparse.Namespace):
-    """The DatasetSpec from --dataset JSON, or from --root alone (VOC or the root's dataset.json)."""
+    """The DatasetSpec from --dataset JSON, or from --root alone (dataset.json or VOC)."""
     from pcam.data.voc import DatasetSpec
 
     settings = dict(getattr(args, "dataset", None) or {})
@@ -105,8 +105,12 @@ def _train_classifier(a: argparse.Namespace) -> int:
     from pcam.stages.classifier import train_classifier
 
     train_classifier(
-        _dataset(a), _settings(a, "classifier"), compute=a.compute,
-        out_model=Path(a.out_model), out_curve=Path(a.out_curve), state_dir=Path(a.state_dir),
+        _dataset(a),
+        _settings(a, "classifier"),
+        compute=a.compute,
+        out_model=Path(a.out_model),
+        out_curve=Path(a.out_curve),
+        state_dir=Path(a.state_dir),
     )
     return 0
 
@@ -115,8 +119,14 @@ def _make_cams(a: argparse.Namespace) -> int:
     from pcam.stages.cams import make_cams
 
     make_cams(
-        _dataset(a), _settings(a, "cams"), compute=a.compute, model=Path(a.model),
-        split=a.split, shard=a.shard, num_shards=a.num_shards, out_dir=Path(a.out),
+        _dataset(a),
+        _settings(a, "cams"),
+        compute=a.compute,
+        model=Path(a.model),
+        split=a.split,
+        shard=a.shard,
+        num_shards=a.num_shards,
+        out_dir=Path(a.out),
     )
     return 0
 
@@ -125,8 +135,13 @@ def _make_affinity_labels(a: argparse.Namespace) -> int:
     from pcam.stages.affinity_labels import make_affinity_labels
 
     make_affinity_labels(
-        _dataset(a), _settings(a, "affinity_labels"), cam_dirs=[Path(p) for p in a.cams],
-        split=a.split, shard=a.shard, num_shards=a.num_shards, out_dir=Path(a.out),
+        _dataset(a),
+        _settings(a, "affinity_labels"),
+        cam_dirs=[Path(p) for p in a.cams],
+        split=a.split,
+        shard=a.shard,
+        num_shards=a.num_shards,
+        out_dir=Path(a.out),
         workers=a.workers,
     )
     return 0
@@ -136,9 +151,13 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
     from pcam.stages.affinitynet import train_affinitynet
 
     train_affinitynet(
-        _dataset(a), _settings(a, "affinitynet"), compute=a.compute,
-        label_dirs=[Path(p) for p in a.labels], out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve), state_dir=Path(a.state_dir),
+        _dataset(a),
+        _settings(a, "affinitynet"),
+        compute=a.compute,
+        label_dirs=[Path(p) for p in a.labels],
+        out_model=Path(a.out_model),
+        out_curve=Path(a.out_curve),
+        state_dir=Path(a.state_dir),
     )
     return 0
 
@@ -147,9 +166,15 @@ def _make_rw(a: argparse.Namespace) -> int:
     from pcam.stages.rw import make_rw
 
     make_rw(
-        _dataset(a), _settings(a, "rw"), compute=a.compute, model=Path(a.model),
-        cam_dirs=[Path(p) for p in a.cams], split=a.split, shard=a.shard,
-        num_shards=a.num_shards, out_dir=Path(a.out),
+        _dataset(a),
+        _settings(a, "rw"),
+        compute=a.compute,
+        model=Path(a.model),
+        cam_dirs=[Path(p) for p in a.cams],
+        split=a.split,
+        shard=a.shard,
+        num_shards=a.num_shards,
+        out_dir=Path(a.out),
     )
     return 0
 
@@ -158,8 +183,13 @@ def _make_pseudo_labels(a: argparse.Namespace) -> int:
     from pcam.stages.pseudo_labels import make_pseudo_labels
 
     make_pseudo_labels(
-        _dataset(a), _settings(a, "pseudo_labels"), rw_dirs=[Path(p) for p in a.rw],
-        split=a.split, shard=a.shard, num_shards=a.num_shards, out_dir=Path(a.out),
+        _dataset(a),
+        _settings(a, "pseudo_labels"),
+        rw_dirs=[Path(p) for p in a.rw],
+        split=a.split,
+        shard=a.shard,
+        num_shards=a.num_shards,
+        out_dir=Path(a.out),
         workers=a.workers,
     )
     return 0
@@ -169,9 +199,13 @@ def _train_deeplab(a: argparse.Namespace) -> int:
     from pcam.stages.deeplab import train_deeplab
 
     train_deeplab(
-        _dataset(a), _settings(a, "deeplab"), compute=a.compute,
+        _dataset(a),
+        _settings(a, "deeplab"),
+        compute=a.compute,
         label_dirs=[Path(p) for p in a.labels] if a.labels else None,
-        out_model=Path(a.out_model), out_curve=Path(a.out_curve), state_dir=Path(a.state_dir),
+        out_model=Path(a.out_model),
+        out_curve=Path(a.out_curve),
+        state_dir=Path(a.state_dir),
     )
     return 0
 
@@ -180,9 +214,16 @@ def _infer_deeplab(a: argparse.Namespace) -> int:
     from pcam.stages.deeplab import infer_deeplab
 
     infer_deeplab(
-        _dataset(a), _settings(a, "deeplab_inference"), compute=a.compute, model=Path(a.model),
-        split=a.split, shard=a.shard, num_shards=a.num_shards, out_dir=Path(a.out),
-        out_crf_dir=Path(a.out_crf) if a.out_crf else None, workers=a.workers,
+        _dataset(a),
+        _settings(a, "deeplab_inference"),
+        compute=a.compute,
+        model=Path(a.model),
+        split=a.split,
+        shard=a.shard,
+        num_shards=a.num_shards,
+        out_dir=Path(a.out),
+        out_crf_dir=Path(a.out_crf) if a.out_crf else None,
+        workers=a.workers,
         server_format=a.server_format,
     )
     return 0
@@ -193,6 +234,28 @@ def _summarize(a: argparse.Namespace) -> int:
 
     table = summarize([Path(p) for p in a.evals], out=Path(a.out), splits=a.splits, paper=a.paper)
     print(table)
+    return 0
+
+
+def _figure(a: argparse.Namespace) -> int:
+    from pcam import report
+
+    out = Path(a.out)
+    if a.kind == "per-class":
+        report.per_class_figure([Path(p) for p in a.evals], out)
+    elif a.kind == "curves":
+        report.curves_figure([Path(p) for p in a.curves], out)
+    else:
+        report.gallery_figure(
+            _dataset(a),
+            a.split,
+            a.n_images,
+            cams=[Path(p) for p in a.cams],
+            rw=[Path(p) for p in a.rw],
+            pseudo=[Path(p) for p in a.pseudo],
+            deeplab=[Path(p) for p in a.deeplab],
+            out=out,
+        )
     return 0
 
 
@@ -246,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_json, help="dataset settings (JSON) instead of --root")
     p.add_argument("--split", action="append", help="split to check (repeatable; default all)")
     p.add_argument(
-        "--training-split", action="append", default=None,
+        "--training-split",
+        action="append",
+        default=None,
         help="splits that must not hold images without labels (default: train, train_aug)",
     )
     p.add_argument("--report", help="CSV report of every problem found")
@@ -259,8 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write")
     p.add_argument("--score-key", help="score maps: array name in the .npz (hr_cam, rw)")
     p.add_argument("--threshold", type=float, help="score maps: background threshold")
-    p.add_argument("--sweep", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
-                   help="score maps: background-threshold sweep")
+    p.add_argument(
+        "--sweep",
+        type=float,
+        nargs=3,
+        metavar=("START", "STOP", "STEP"),
+        help="score maps: background-threshold sweep",
+    )
     p.add_argument("--every", type=int, default=1, help="score every N-th image (official: 8)")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
 
@@ -306,18 +376,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="trained DeepLab")
     p.add_argument("--out-crf", help="also write dCRF-refined predictions here")
     p.add_argument("--workers", type=int, default=1, help="CRF processes")
-    p.add_argument("--server-format", action="store_true",
-                   help="write the VOC evaluation server's layout (test split)")
+    p.add_argument(
+        "--server-format",
+        action="store_true",
+        help="write the VOC evaluation server's layout (test split)",
+    )
     _shard_args(p)
 
     p = add("summarize", _summarize, "collect evaluation CSVs into results/summary.csv")
-    p.add_argument("--evals", nargs="+", required=True,
-                   help="evaluation CSVs named results/{experiment}/eval/{stage}.csv")
+    p.add_argument(
+        "--evals",
+        nargs="+",
+        required=True,
+        help="evaluation CSVs named results/{experiment}/eval/{stage}.csv",
+    )
     p.add_argument("--out", required=True, help="summary CSV")
-    p.add_argument("--splits", type=_json, default={"train": "train", "val": "val"},
-                   help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}')
-    p.add_argument("--paper", type=_json, default={},
-                   help="paper mIoU per experiment and stage (JSON), filled on VOC")
+    p.add_argument(
+        "--splits",
+        type=_json,
+        default={"train": "train", "val": "val"},
+        help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}',
+    )
+    p.add_argument(
+        "--paper",
+        type=_json,
+        default={},
+        help="paper mIoU per experiment and stage (JSON), filled on VOC",
+    )
+
+    p = add("figure", _figure, "report figures: per-class IoU, training curves, gallery")
+    p.add_argument("kind", choices=["per-class", "curves", "gallery"])
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--evals", nargs="+", help="per-class: evaluation CSVs (one per stage)")
+    p.add_argument("--curves", nargs="+", help="curves: training-curve CSVs")
+    p.add_argument("--dataset", type=_json, help="gallery: dataset settings (JSON)")
+    p.add_argument("--split", help="gallery: split whose first images are shown")
+    p.add_argument("--n-images", type=int, default=6, help="gallery: rows")
+    for name in ("cams", "rw", "pseudo", "deeplab"):
+        p.add_argument(f"--{name}", nargs="+", help=f"gallery: {name} shard directories")
 
     return parser
 

@@ -20,7 +20,10 @@ _EXCLUDED = {"pcam.cli", "pcam.__main__"}
 
 def _module_file(name: str) -> Path | None:
     rel = Path(*name.split("."))
-    for candidate in (PACKAGE_DIR.parent / rel.with_suffix(".py"), PACKAGE_DIR.parent / rel / "__init__.py"):
+    for candidate in (
+        PACKAGE_DIR.parent / rel.with_suffix(".py"),
+        PACKAGE_DIR.parent / rel / "__init__.py",
+    ):
         if candidate.is_file():
             return candidate
     return None

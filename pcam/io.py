@@ -94,7 +94,9 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L"):
-                raise DataError(f"{path}: label PNG must be palette or grayscale, got mode {img.mode}")
+                raise DataError(
+                    f"{path}: label PNG must be palette or grayscale, got mode {img.mode}"
+                )
             return np.array(img, dtype=np.uint8)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: label file is missing") from exc

@@ -120,8 +120,17 @@ def summary_rows(
 
 def render_table(rows: Sequence[Mapping]) -> str:
     """A fixed-width text table of the main columns, for the terminal."""
-    cols = ["experiment", "stage", "split", "n_images", "threshold", "miou", "fg_miou",
-            "best_miou", "paper_miou"]
+    cols = [
+        "experiment",
+        "stage",
+        "split",
+        "n_images",
+        "threshold",
+        "miou",
+        "fg_miou",
+        "best_miou",
+        "paper_miou",
+    ]
     cells = [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]

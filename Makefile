@@ -1,0 +1,42 @@
+# pcam: the two commands of the README.
+#   make demo   install, generate the demo dataset, run the whole DAG on CPU, build the report
+#   make test   install, then the whole test suite (pytest, snakemake --lint, snakefmt, ruff)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+SNAKEMAKE := $(BIN)/snakemake
+
+# Rules call `pcam`: the venv's bin comes first on PATH for every recipe.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(SNAKEMAKE) --cores $(CORES)
+	$(SNAKEMAKE) --cores $(CORES) --report results/report.html
+	@echo
+	@column -s, -t < results/summary.csv
+
+lint: $(STAMP)
+	$(SNAKEMAKE) --lint
+	$(BIN)/snakefmt --check workflow
+	$(BIN)/ruff check pcam tests benchmarks
+	$(BIN)/ruff format --check pcam tests benchmarks
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory lint
+
+clean:
+	rm -rf results logs .snakemake data/demo
