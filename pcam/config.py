@@ -78,6 +78,9 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     """Validate a whole config, including every experiment's merged stage settings."""
     schema = load_schema()
     _validate(cfg, schema, where)
+    unknown = set(cfg.get("run_experiments") or []) - set(cfg["experiments"])
+    if unknown:
+        raise ConfigError(f"{where}: run_experiments: no such experiment(s) {sorted(unknown)}")
     for name in cfg["experiments"]:
         for stage in STAGES:
             _validate(
@@ -129,9 +132,10 @@ def stage_settings(cfg: dict, experiment: str, stage: str) -> dict:
 
 
 def experiments(cfg: dict, supervision: str | None = None) -> list[str]:
-    """Experiment names, optionally only those with the given supervision (weak / full)."""
+    """The experiments to run (`run_experiments`, default all), optionally of one supervision."""
+    selected = cfg.get("run_experiments") or list(cfg["experiments"])
     return [
         name
-        for name, exp in cfg["experiments"].items()
-        if supervision is None or exp["supervision"] == supervision
+        for name in selected
+        if supervision is None or cfg["experiments"][name]["supervision"] == supervision
     ]

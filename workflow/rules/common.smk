@@ -18,8 +18,8 @@ SPLIT_DIR = f"{ROOT}/{DATA['split_dir']}"
 N_SHARDS = config["compute"]["cam_shards"]
 CRF_THREADS = config["compute"]["crf_threads"]
 GPUS = config["compute"]["gpus_per_job"]
+RUN = experiments(config)
 WEAK = experiments(config, "weak")
-FULL = experiments(config, "full")
 LOGS = "logs"
 
 

@@ -10,7 +10,7 @@ def eval_csvs(experiment):
     return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
 
 
-ALL_EVALS = [csv for name in config["experiments"] for csv in eval_csvs(name)]
+ALL_EVALS = [csv for name in RUN for csv in eval_csvs(name)]
 
 
 rule summary:
