@@ -8,16 +8,18 @@ rule make_affinity_labels:
         directory(
             f"{RESULTS}/{{experiment}}/affinity_labels/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
         ),
+    log:
+        f"{LOGS}/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: CRF_THREADS
     params:
         settings=settings("affinity_labels"),
         dataset=DATASET_JSON,
         n_shards=N_SHARDS,
         code=code("pcam.stages.affinity_labels"),
-    threads: CRF_THREADS
-    log:
-        f"{LOGS}/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.tsv"
     shell:
         "pcam --log-file {log} make-affinity-labels --dataset {params.dataset:q}"
         " --settings {params.settings:q} --cams {input.cams} --split {wildcards.split}"
@@ -27,7 +29,9 @@ rule make_affinity_labels:
 
 rule train_affinitynet:
     input:
-        labels=lambda w: shard_dirs(w.experiment, "affinity_labels", DATA["train_split"]),
+        labels=lambda w: shard_dirs(
+            w.experiment, "affinity_labels", DATA["train_split"]
+        ),
     output:
         model=f"{RESULTS}/{{experiment}}/affinitynet/model.pt",
         curve=report(
@@ -36,18 +40,22 @@ rule train_affinitynet:
             category="Training curves",
             subcategory="{experiment}",
         ),
-    params:
-        settings=settings("affinitynet"),
-        state=lambda w: state_dir(w.experiment, "affinitynet", settings("affinitynet")(w)),
-        dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
-        code=code("pcam.stages.affinitynet"),
-    resources:
-        gpu=GPUS,
     log:
         f"{LOGS}/{{experiment}}/train_affinitynet.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/train_affinitynet.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    resources:
+        gpu=GPUS,
+    params:
+        settings=settings("affinitynet"),
+        state=lambda w: state_dir(
+            w.experiment, "affinitynet", settings("affinitynet")(w)
+        ),
+        dataset=DATASET_JSON,
+        compute=COMPUTE_JSON,
+        code=code("pcam.stages.affinitynet"),
     shell:
         "pcam --log-file {log} train-affinitynet --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q}"
@@ -60,19 +68,23 @@ rule make_rw:
         model=f"{RESULTS}/{{experiment}}/affinitynet/model.pt",
         cams=lambda w: shard_dirs(w.experiment, "cams", w.split),
     output:
-        directory(f"{RESULTS}/{{experiment}}/rw/{{split}}/shard-{{shard}}-of-{N_SHARDS}"),
+        directory(
+            f"{RESULTS}/{{experiment}}/rw/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
+        ),
+    log:
+        f"{LOGS}/{{experiment}}/make_rw-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/make_rw-{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    resources:
+        gpu=GPUS,
     params:
         settings=settings("rw"),
         dataset=DATASET_JSON,
         compute=COMPUTE_JSON,
         n_shards=N_SHARDS,
         code=code("pcam.stages.rw"),
-    resources:
-        gpu=GPUS,
-    log:
-        f"{LOGS}/{{experiment}}/make_rw-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/make_rw-{{split}}-{{shard}}.tsv"
     shell:
         "pcam --log-file {log} make-rw --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
@@ -87,16 +99,18 @@ rule make_pseudo_labels:
         directory(
             f"{RESULTS}/{{experiment}}/pseudo_labels/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
         ),
+    log:
+        f"{LOGS}/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: CRF_THREADS
     params:
         settings=settings("pseudo_labels"),
         dataset=DATASET_JSON,
         n_shards=N_SHARDS,
         code=code("pcam.stages.pseudo_labels"),
-    threads: CRF_THREADS
-    log:
-        f"{LOGS}/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.tsv"
     shell:
         "pcam --log-file {log} make-pseudo-labels --dataset {params.dataset:q}"
         " --settings {params.settings:q} --rw {input.rw} --split {wildcards.split}"
@@ -110,6 +124,13 @@ rule eval_rw:
         ids=split_list(DATA["eval_split"]),
     output:
         f"{RESULTS}/{{experiment}}/eval/rw.csv",
+    log:
+        f"{LOGS}/{{experiment}}/eval_rw.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/eval_rw.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: config["evaluation"]["workers"]
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
@@ -117,11 +138,6 @@ rule eval_rw:
         threshold=lambda w: stage_settings(config, w.experiment, "rw")["threshold"],
         every=config["evaluation"]["every"],
         code=code("pcam.evaluate"),
-    threads: config["evaluation"]["workers"]
-    log:
-        f"{LOGS}/{{experiment}}/eval_rw.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_rw.tsv"
     shell:
         "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
         " --pred {input.rw} --score-key rw --threshold {params.threshold}"
@@ -134,16 +150,18 @@ rule eval_pseudo_labels:
         ids=split_list(DATA["eval_split"]),
     output:
         f"{RESULTS}/{{experiment}}/eval/rw_crf.csv",
+    log:
+        f"{LOGS}/{{experiment}}/eval_pseudo_labels.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/eval_pseudo_labels.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: config["evaluation"]["workers"]
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
         every=config["evaluation"]["every"],
         code=code("pcam.evaluate"),
-    threads: config["evaluation"]["workers"]
-    log:
-        f"{LOGS}/{{experiment}}/eval_pseudo_labels.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_pseudo_labels.tsv"
     shell:
         "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
         " --pred {input.labels} --every {params.every} --workers {threads} --out {output}"

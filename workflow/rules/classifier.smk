@@ -13,18 +13,20 @@ rule train_classifier:
             category="Training curves",
             subcategory="{experiment}",
         ),
+    log:
+        f"{LOGS}/{{experiment}}/train_classifier.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/train_classifier.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    resources:
+        gpu=GPUS,
     params:
         settings=settings("classifier"),
         state=lambda w: state_dir(w.experiment, "classifier", settings("classifier")(w)),
         dataset=DATASET_JSON,
         compute=COMPUTE_JSON,
         code=code("pcam.stages.classifier"),
-    resources:
-        gpu=GPUS,
-    log:
-        f"{LOGS}/{{experiment}}/train_classifier.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/train_classifier.tsv"
     shell:
         "pcam --log-file {log} train-classifier --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q}"
@@ -36,19 +38,23 @@ rule make_cams:
         model=f"{RESULTS}/{{experiment}}/classifier/model.pt",
         ids=lambda w: split_list(w.split),
     output:
-        directory(f"{RESULTS}/{{experiment}}/cams/{{split}}/shard-{{shard}}-of-{N_SHARDS}"),
+        directory(
+            f"{RESULTS}/{{experiment}}/cams/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
+        ),
+    log:
+        f"{LOGS}/{{experiment}}/make_cams-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/make_cams-{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    resources:
+        gpu=GPUS,
     params:
         settings=settings("cams"),
         dataset=DATASET_JSON,
         compute=COMPUTE_JSON,
         n_shards=N_SHARDS,
         code=code("pcam.stages.cams"),
-    resources:
-        gpu=GPUS,
-    log:
-        f"{LOGS}/{{experiment}}/make_cams-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/make_cams-{{split}}-{{shard}}.tsv"
     shell:
         "pcam --log-file {log} make-cams --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
@@ -62,6 +68,13 @@ rule eval_cams:
         ids=split_list(DATA["eval_split"]),
     output:
         f"{RESULTS}/{{experiment}}/eval/cam.csv",
+    log:
+        f"{LOGS}/{{experiment}}/eval_cams.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/eval_cams.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: config["evaluation"]["workers"]
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
@@ -69,11 +82,6 @@ rule eval_cams:
         threshold=config["evaluation"]["cam_threshold"],
         every=config["evaluation"]["every"],
         code=code("pcam.evaluate"),
-    threads: config["evaluation"]["workers"]
-    log:
-        f"{LOGS}/{{experiment}}/eval_cams.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_cams.tsv"
     shell:
         "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
         " --pred {input.cams} --score-key hr_cam --threshold {params.threshold}"

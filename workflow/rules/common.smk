@@ -8,7 +8,6 @@ from pcam.data.voc import DatasetSpec
 from pcam.fingerprint import code_fingerprint
 from pcam.summary import paper_values
 
-
 validate_config(config, "config")
 
 RESULTS = config.get("results_dir", "results")
@@ -44,7 +43,9 @@ def shard_dirs(experiment, stage, split):
 
 def settings(stage):
     """A params function: the experiment's merged settings of `stage`, as JSON."""
-    return lambda w: json.dumps(stage_settings(config, w.experiment, stage), sort_keys=True)
+    return lambda w: json.dumps(
+        stage_settings(config, w.experiment, stage), sort_keys=True
+    )
 
 
 def code(*modules):

@@ -1,6 +1,5 @@
 """The dataset: the procedural demo (when enabled) and the pre-flight check."""
 
-
 if config["demo"]["enabled"]:
 
     rule demo_data:
@@ -16,6 +15,12 @@ if config["demo"]["enabled"]:
                 caption="../report/demo_preview.rst",
                 category="Data",
             ),
+        log:
+            f"{LOGS}/demo_data.log",
+        benchmark:
+            f"{LOGS}/benchmarks/demo_data.tsv"
+        conda:
+            "../envs/pcam.yaml"
         params:
             root=ROOT,
             n_train=config["demo"]["n_train"],
@@ -23,10 +28,6 @@ if config["demo"]["enabled"]:
             size=config["demo"]["size"],
             seed=config["demo"]["seed"],
             code=code("pcam.data.demo"),
-        log:
-            f"{LOGS}/demo_data.log",
-        benchmark:
-            f"{LOGS}/benchmarks/demo_data.tsv"
         shell:
             "pcam --log-file {log} demo-data --out {params.root} --n-train {params.n_train}"
             " --n-val {params.n_val} --size {params.size} --seed {params.seed}"
@@ -38,6 +39,12 @@ rule check_data:
         lists=[split_list(DATA[k]) for k in ("train_split", "eval_split", "val_split")],
     output:
         report=f"{RESULTS}/data_check.csv",
+    log:
+        f"{LOGS}/check_data.log",
+    benchmark:
+        f"{LOGS}/benchmarks/check_data.tsv"
+    conda:
+        "../envs/pcam.yaml"
     params:
         dataset=DATASET_JSON,
         splits=" ".join(
@@ -45,10 +52,6 @@ rule check_data:
         ),
         train_split=DATA["train_split"],
         code=code("pcam.data.check"),
-    log:
-        f"{LOGS}/check_data.log",
-    benchmark:
-        f"{LOGS}/benchmarks/check_data.tsv"
     shell:
         "pcam --log-file {log} check-data --dataset {params.dataset:q} {params.splits}"
         " --training-split {params.train_split} --report {output.report}"

@@ -26,6 +26,14 @@ rule train_deeplab:
             category="Training curves",
             subcategory="{experiment}",
         ),
+    log:
+        f"{LOGS}/{{experiment}}/train_deeplab.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/train_deeplab.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    resources:
+        gpu=GPUS,
     params:
         settings=settings("deeplab"),
         state=lambda w: state_dir(w.experiment, "deeplab", settings("deeplab")(w)),
@@ -35,12 +43,6 @@ rule train_deeplab:
         dataset=DATASET_JSON,
         compute=COMPUTE_JSON,
         code=code("pcam.stages.deeplab"),
-    resources:
-        gpu=GPUS,
-    log:
-        f"{LOGS}/{{experiment}}/train_deeplab.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/train_deeplab.tsv"
     shell:
         "pcam --log-file {log} train-deeplab --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} {params.labels}"
@@ -58,6 +60,15 @@ rule infer_deeplab:
         crf=directory(
             f"{RESULTS}/{{experiment}}/deeplab_pred_crf/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
         ),
+    log:
+        f"{LOGS}/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    threads: CRF_THREADS
+    resources:
+        gpu=GPUS,
     params:
         settings=settings("deeplab_inference"),
         dataset=DATASET_JSON,
@@ -65,13 +76,6 @@ rule infer_deeplab:
         n_shards=N_SHARDS,
         server=lambda w: "--server-format" if w.split == DATA["test_split"] else "",
         code=code("pcam.stages.deeplab"),
-    resources:
-        gpu=GPUS,
-    threads: CRF_THREADS
-    log:
-        f"{LOGS}/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.tsv"
     shell:
         "pcam --log-file {log} infer-deeplab --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
@@ -85,18 +89,20 @@ rule eval_deeplab:
         ids=split_list(DATA["val_split"]),
     output:
         f"{RESULTS}/{{experiment}}/eval/{{dl_stage}}.csv",
+    log:
+        f"{LOGS}/{{experiment}}/eval_{{dl_stage}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/eval_{{dl_stage}}.tsv"
     wildcard_constraints:
         dl_stage="deeplab(_full)?(_crf)?",
+    conda:
+        "../envs/pcam.yaml"
+    threads: config["evaluation"]["workers"]
     params:
         dataset=DATASET_JSON,
         split=DATA["val_split"],
         every=config["evaluation"]["every"],
         code=code("pcam.evaluate"),
-    threads: config["evaluation"]["workers"]
-    log:
-        f"{LOGS}/{{experiment}}/eval_{{dl_stage}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_{{dl_stage}}.tsv"
     shell:
         "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
         " --pred {input.pred} --every {params.every} --workers {threads} --out {output}"

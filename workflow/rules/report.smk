@@ -22,14 +22,16 @@ rule summary:
             caption="../report/summary.rst",
             category="Summary",
         ),
-    params:
-        splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
-        paper=json.dumps(PAPER),
-        code=code("pcam.summary"),
     log:
         f"{LOGS}/summary.log",
     benchmark:
         f"{LOGS}/benchmarks/summary.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
+        paper=json.dumps(PAPER),
+        code=code("pcam.summary"),
     shell:
         "pcam --log-file {log} summarize --evals {input.evals} --splits {params.splits:q}"
         " --paper {params.paper:q} --out {output}"
@@ -45,12 +47,14 @@ rule per_class_figure:
             category="Per-class IoU",
             subcategory="{experiment}",
         ),
-    params:
-        code=code("pcam.report"),
     log:
         f"{LOGS}/{{experiment}}/per_class_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/per_class_figure.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        code=code("pcam.report"),
     shell:
         "pcam --log-file {log} figure per-class --evals {input.evals} --out {output}"
 
@@ -72,12 +76,14 @@ rule curves_figure:
             category="Training curves",
             subcategory="{experiment}",
         ),
-    params:
-        code=code("pcam.report"),
     log:
         f"{LOGS}/{{experiment}}/curves_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/curves_figure.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        code=code("pcam.report"),
     shell:
         "pcam --log-file {log} figure curves --curves {input.curves} --out {output}"
 
@@ -95,15 +101,17 @@ rule gallery_figure:
             category="Gallery",
             subcategory="{experiment}",
         ),
+    log:
+        f"{LOGS}/{{experiment}}/gallery_figure.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/gallery_figure.tsv"
+    conda:
+        "../envs/pcam.yaml"
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
         n_images=6,
         code=code("pcam.report"),
-    log:
-        f"{LOGS}/{{experiment}}/gallery_figure.log",
-    benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/gallery_figure.tsv"
     shell:
         "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
         " --split {params.split} --n-images {params.n_images} --cams {input.cams}"
