@@ -1,6 +1,7 @@
 """Config validation and the small input functions every rule uses. Logic lives in `pcam`."""
 
 import json
+import os
 from pathlib import Path
 
 from pcam.config import experiments, stage_settings, validate_config
@@ -80,3 +81,28 @@ def _paper_table():
 
 
 PAPER = _paper_table()
+
+
+def deeplab_labels(w):
+    """Pseudo-label shards for weak experiments; none (ground truth) for full supervision."""
+    if config["experiments"][w.experiment]["supervision"] == "full":
+        return []
+    return shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"])
+
+
+def eval_deeplab_inputs(w):
+    """Prediction shards of the val split, with or without dCRF as the stage name says."""
+    kind = "deeplab_pred_crf" if w.dl_stage.endswith("_crf") else "deeplab_pred"
+    return shard_dirs(w.experiment, kind, DATA["val_split"])
+
+
+def eval_csvs(experiment):
+    """Evaluation CSVs of one experiment, named after the summary's stages."""
+    if config["experiments"][experiment]["supervision"] == "full":
+        stages = ["deeplab_full", "deeplab_full_crf"]
+    else:
+        stages = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
+    return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
+
+
+ALL_EVALS = [csv for name in RUN for csv in eval_csvs(name)]

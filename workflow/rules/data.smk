@@ -22,7 +22,7 @@ if config["demo"]["enabled"]:
         conda:
             "../envs/pcam.yaml"
         params:
-            root=ROOT,
+            root=lambda w, output: os.path.dirname(output.description),
             n_train=config["demo"]["n_train"],
             n_val=config["demo"]["n_val"],
             size=config["demo"]["size"],

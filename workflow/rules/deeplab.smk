@@ -1,18 +1,6 @@
 """Stage 7-8: DeepLabV3+ on pseudo-labels (or ground truth for the reference), inference, scores."""
 
 
-def deeplab_labels(w):
-    """Pseudo-label shards for weak experiments; none (ground truth) for full supervision."""
-    if config["experiments"][w.experiment]["supervision"] == "full":
-        return []
-    return shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"])
-
-
-def eval_deeplab_inputs(w):
-    kind = "deeplab_pred_crf" if w.dl_stage.endswith("_crf") else "deeplab_pred"
-    return shard_dirs(w.experiment, kind, DATA["val_split"])
-
-
 rule train_deeplab:
     input:
         check=f"{RESULTS}/data_check.csv",

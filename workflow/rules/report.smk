@@ -1,18 +1,6 @@
 """The results a user reads: summary table and report figures."""
 
 
-def eval_csvs(experiment):
-    """Evaluation CSVs of one experiment, named after the summary's stages."""
-    if config["experiments"][experiment]["supervision"] == "full":
-        stages = ["deeplab_full", "deeplab_full_crf"]
-    else:
-        stages = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
-    return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
-
-
-ALL_EVALS = [csv for name in RUN for csv in eval_csvs(name)]
-
-
 rule summary:
     input:
         evals=ALL_EVALS,
