@@ -1,0 +1,167 @@
+"""Pre-flight consistency check of a VOC-layout dataset (`pcam check-data`).
+
+Reads every listed image, mask and annotation once and reports each problem as a row naming the
+split, the image id, the file and what is wrong with it. It never writes into the dataset.
+An image listed in several splits is checked once, under the first split that lists it; the
+"no labels" check applies when any of its splits is a training split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pcam.data.voc import (
+    DatasetSpec,
+    image_labels,
+    load_image,
+    load_mask,
+    read_split,
+    read_xml_labels,
+)
+from pcam.errors import DataError
+from pcam.io import IGNORE_INDEX, atomic_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRAINING_SPLITS = ["train", "train_aug"]
+
+
+@dataclass
+class Problem:
+    """One finding: `path` is the file at fault, `problem` says what is wrong with it."""
+
+    split: str
+    image_id: str
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def _reason(exc: DataError, path: Path) -> str:
+    """The message of a reader's DataError without its leading '{path}: '."""
+    return str(exc).removeprefix(f"{path}: ")
+
+
+def _check_mask(spec: DatasetSpec, path: Path, image_shape: tuple[int, ...] | None) -> str | None:
+    """The problem of one existing mask file (unreadable, wrong size, unknown index), or None."""
+    try:
+        mask = load_mask(path)
+    except DataError as exc:
+        return _reason(exc, path)
+    if image_shape is not None and mask.shape != image_shape:
+        return (
+            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image is "
+            f"{image_shape[1]}x{image_shape[0]}"
+        )
+    values = np.unique(mask)
+    unknown = values[(values >= spec.num_classes) & (values != IGNORE_INDEX)]
+    if unknown.size:
+        return (
+            f"mask holds index(es) {unknown.tolist()}, neither a class "
+            f"(0..{spec.num_classes - 1}) nor {IGNORE_INDEX}"
+        )
+    return None
+
+
+def _label_problem(spec: DatasetSpec, image_id: str, split: str) -> tuple[Path, str] | None:
+    """(file, problem) when an image of training split `split` has no image-level label."""
+    xml = spec.annotation_path(image_id)
+    try:
+        labels = image_labels(spec, image_id)
+    except DataError:
+        return xml, f"no annotation and no mask: no image-level label for training split {split}"
+    if labels.any():
+        return None
+    sources = (xml, spec.mask_path(image_id), spec.mask_path(image_id, aug=True))
+    where = next(p for p in sources if p.exists())  # the source image_labels read
+    return where, f"empty label vector (no object, no foreground) in training split {split}"
+
+
+def check_image(
+    spec: DatasetSpec, split: str, image_id: str, training_split: str | None = None
+) -> list[Problem]:
+    """Every problem of one listed image: its picture, masks and annotation, and, when it is
+    listed in `training_split`, whether it carries any image-level label."""
+    problems: list[Problem] = []
+
+    def report(path: Path, problem: str) -> None:
+        problems.append(Problem(split, image_id, str(path), problem))
+
+    image_path = spec.image_path(image_id)
+    shape = None
+    if not image_path.exists():
+        report(image_path, "listed image is missing")
+    else:
+        try:
+            shape = load_image(image_path).shape[:2]
+        except DataError as exc:
+            report(image_path, _reason(exc, image_path))
+    n_image_problems = len(problems)
+    for path in (spec.mask_path(image_id), spec.mask_path(image_id, aug=True)):
+        if path.exists() and (problem := _check_mask(spec, path, shape)):
+            report(path, problem)
+    xml = spec.annotation_path(image_id)
+    if xml.exists():
+        try:
+            read_xml_labels(xml, spec.class_names)
+        except DataError as exc:
+            report(xml, _reason(exc, xml))
+    labels_readable = len(problems) == n_image_problems
+    if training_split and labels_readable:
+        found = _label_problem(spec, image_id, training_split)
+        if found:
+            report(*found)
+    return problems
+
+
+def check_dataset(
+    spec: DatasetSpec,
+    splits: list[str] | None = None,
+    training_splits: list[str] | None = None,
+) -> list[Problem]:
+    """Check the listed images of `splits` (None: every `*.txt` under the split folder).
+
+    Images of `training_splits` (default train, train_aug) must carry at least one label.
+    Returns the problems found, in split order; [] for a consistent dataset.
+    """
+    training = set(DEFAULT_TRAINING_SPLITS if training_splits is None else training_splits)
+    if splits is None:
+        split_dir = spec.root / spec.split_dir
+        splits = sorted(p.stem for p in split_dir.glob("*.txt"))
+        if not splits:
+            return [Problem("", "", str(split_dir), "no split lists (*.txt) found")]
+    problems: list[Problem] = []
+    first_split: dict[str, str] = {}
+    training_split: dict[str, str] = {}
+    for split in splits:
+        path = spec.split_path(split)
+        try:
+            ids = read_split(spec, split)
+        except DataError as exc:
+            problems.append(Problem(split, "", str(path), _reason(exc, path)))
+            continue
+        for image_id in ids:
+            first_split.setdefault(image_id, split)
+            if split in training:
+                training_split.setdefault(image_id, split)
+    for image_id, split in tqdm(first_split.items(), desc="check-data", disable=None):
+        problems.extend(check_image(spec, split, image_id, training_split.get(image_id)))
+    log.info("checked %d images of %s: %d problem(s)", len(first_split), splits, len(problems))
+    return problems
+
+
+def write_report(problems: list[Problem], path: Path) -> None:
+    """CSV with columns split,image_id,path,problem (header always), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow([f.name for f in fields(Problem)])
+            writer.writerows(astuple(p) for p in problems)
