@@ -1,0 +1,81 @@
+"""Model files: one format for every trained network (classifier, AffinityNet, DeepLab).
+
+A model file is `torch.save` of a plain dict {kind, settings, num_classes, state_dict}: tensors,
+strings and numbers only, so `torch.load(weights_only=True)` reads it. `load_model` rebuilds the
+network from `settings` with `pretrained=False` (loading never downloads) and loads the weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pcam.errors import DataError
+from pcam.io import atomic_path
+
+# kind -> (module, class); each class has `from_settings(settings, num_classes)`.
+MODEL_KINDS: dict[str, tuple[str, str]] = {
+    "classifier": ("pcam.models.classifier", "Classifier"),
+    "affinitynet": ("pcam.models.affinitynet", "AffinityNet"),
+    "deeplab": ("pcam.models.deeplab", "DeepLabV3Plus"),
+}
+
+
+_REQUIRED_KEYS = frozenset({"kind", "settings", "num_classes", "state_dict"})
+
+
+def _model_class(kind: str) -> Any:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r} (known: {sorted(MODEL_KINDS)})")
+    module, name = MODEL_KINDS[kind]
+    return getattr(importlib.import_module(module), name)  # lazy: owners import torch/timm
+
+
+def save_model(
+    path: str | os.PathLike, kind: str, model: nn.Module, settings: dict, num_classes: int
+) -> None:
+    """Write `model`'s weights (CPU tensors) with what `load_model` needs to rebuild it."""
+    _model_class(kind)  # fail before writing if the kind cannot be read back
+    payload = {
+        "kind": kind,
+        "settings": dict(settings),
+        "num_classes": int(num_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild and return the model saved at `path` (in eval mode, on `map_location`).
+
+    Missing, corrupt or inconsistent file -> DataError naming it.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: model file is missing") from exc
+    except Exception as exc:  # torch raises many types for a damaged archive
+        raise DataError(f"{path}: cannot read model file ({exc})") from exc
+    if not isinstance(payload, dict) or not _REQUIRED_KEYS <= set(payload):
+        raise DataError(f"{path}: not a pcam model file (expected kind/settings/state_dict)")
+    try:
+        cls = _model_class(payload["kind"])
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    settings = {**payload["settings"], "pretrained": False}
+    model = cls.from_settings(settings, payload["num_classes"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise DataError(f"{path}: weights do not fit a {payload['kind']} ({exc})") from exc
+    return model.to(map_location).eval()
+
+
+__all__ = ["MODEL_KINDS", "load_model", "save_model"]

@@ -1,0 +1,95 @@
+"""AffinityNet: a boundary branch on a frozen backbone (spec 5.1, 6.1).
+
+Every backbone stage (timm features 0..4) -> 1x1 conv (no bias) -> GroupNorm(4, 32) -> resize to
+the stride-4 grid -> ReLU; the five maps are concatenated and a 1x1 conv gives one boundary logit
+per stride-4 pixel. The backbone (FixedBatchNorm, ImageNet weights) is never trained: its
+parameters need no gradient, it stays in eval mode and runs without autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pcam.models.backbone import create_backbone
+
+STRIDE = 4  # the boundary map's stride
+SIDE_CHANNELS = 32  # spec 5.1: each side branch gives 32 channels
+GN_GROUPS = 4  # spec 5.1: GroupNorm(4, 32)
+
+
+class AffinityNet(nn.Module):
+    """Boundary detector over a frozen `backbone` (any timm ResNet-style name)."""
+
+    def __init__(self, backbone: str, *, pretrained: bool | str = False) -> None:
+        super().__init__()
+        self.backbone = create_backbone(
+            backbone, pretrained=pretrained, out_indices=(0, 1, 2, 3, 4), frozen_bn=True
+        )
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        info = self.backbone.feature_info
+        self.reductions = tuple(int(r) for r in info.reduction())
+        self.pad_multiple = max(max(self.reductions), STRIDE)
+        self.sides = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(c, SIDE_CHANNELS, 1, bias=False), nn.GroupNorm(GN_GROUPS, SIDE_CHANNELS)
+            )
+            for c in info.channels()
+        )
+        self.fuse = nn.Conv2d(SIDE_CHANNELS * len(self.sides), 1, 1, bias=True)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], num_classes: int) -> AffinityNet:
+        """Build from the `affinitynet` config section (backbone, pretrained); `num_classes` is
+        accepted for the model-file interface and unused (boundaries know no classes)."""
+        del num_classes
+        return cls(settings["backbone"], pretrained=settings.get("pretrained", False))
+
+    def train(self, mode: bool = True) -> AffinityNet:
+        """Set the side branches' mode; the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) normalised -> boundary logits (B, 1, ceil(H/4), ceil(W/4)).
+
+        The input is zero-padded right/bottom to a multiple of the deepest stride and the
+        logits cropped back, so any H, W works.
+        """
+        height, width = x.shape[-2:]
+        m = self.pad_multiple
+        x = F.pad(x, (0, -width % m, 0, -height % m))
+        grid = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
+        with torch.no_grad():
+            feats = self.backbone(x)
+        maps = []
+        for feat, reduction, side in zip(feats, self.reductions, self.sides, strict=True):
+            while reduction < STRIDE:  # the stem's own 3x3/2 max-pool (spec 5.1: stage 1)
+                feat = F.max_pool2d(feat, 3, stride=2, padding=1)
+                reduction *= 2
+            out = side(feat)
+            if out.shape[-2:] != grid:
+                out = F.interpolate(out, size=grid, mode="bilinear", align_corners=False)
+            maps.append(F.relu(out))
+        logits = self.fuse(torch.cat(maps, dim=1))
+        return logits[..., : math.ceil(height / STRIDE), : math.ceil(width / STRIDE)]
+
+    @torch.no_grad()
+    def boundary(self, x: Tensor) -> Tensor:
+        """x (B, 3, H, W) -> boundary probabilities (B, ceil(H/4), ceil(W/4)) in [0, 1]:
+        sigmoid of the mean of the image's and its mirror's logits (spec 6.1)."""
+        logits = self(torch.cat([x, x.flip(-1)]))[:, 0]
+        b = x.shape[0]
+        return torch.sigmoid(logits[:b] / 2 + logits[b:].flip(-1) / 2)
+
+    def parameter_groups(self) -> list[dict]:
+        """One group over the trainable (side-branch) parameters (spec 5.5)."""
+        from pcam.optim import single_group
+
+        return single_group(self.named_parameters())

@@ -1,0 +1,107 @@
+"""Backbones: every encoder is a timm feature extractor, never a copied network (spec 2.1).
+
+`create_backbone` returns timm's `features_only` module: `forward(x)` gives a list of feature maps
+(one per entry of `out_indices`), and `feature_info.channels()` / `feature_info.reduction()`
+give their widths and strides. For ResNet-style models index 1..4 are layer1..layer4 (strides
+4/8/16/16 at output stride 16, the paper's setting: layer4 dilated instead of strided).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pcam.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The paper's backbones (spec 2.1) plus small ones for CPU runs; any timm name is accepted.
+PAPER_BACKBONES = ("resnet50", "resnest50d", "resnest101e", "resnest269e")
+
+
+class FixedBatchNorm2d(nn.Module):
+    """BatchNorm that always normalises with its running statistics (the official "fix" mode).
+
+    The running mean/variance are never updated. The affine weight and bias stay trainable
+    Parameters, as in the official `FixedBatchNorm` (spec 2.1). It is deliberately not a
+    `_BatchNorm` subclass, so `SyncBatchNorm.convert_sync_batchnorm` leaves it alone under DDP.
+    State-dict keys match `nn.BatchNorm2d`, so checkpoints of either load into the other.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.eps = bn.eps
+        num = bn.num_features
+        self.weight = nn.Parameter(bn.weight.detach().clone() if bn.affine else torch.ones(num))
+        self.bias = nn.Parameter(bn.bias.detach().clone() if bn.affine else torch.zeros(num))
+        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(num)
+        var = bn.running_var if bn.running_var is not None else torch.ones(num)
+        self.register_buffer("running_mean", mean.detach().clone())
+        self.register_buffer("running_var", var.detach().clone())
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> same shape, normalised with the running statistics."""
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def fix_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every `nn.BatchNorm2d` inside `module` (in place) by a `FixedBatchNorm2d`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FixedBatchNorm2d(child))
+        else:
+            fix_batch_norm(child)
+    return module
+
+
+def _pretrained_kwargs(pretrained: bool | str) -> dict:
+    """timm keyword arguments for False / True (hub) / a local weights file."""
+    if isinstance(pretrained, bool):
+        return {"pretrained": pretrained}
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"pretrained: weights file {path} does not exist")
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    output_stride: int = 16,
+    out_indices: tuple[int, ...] = (1, 2, 3, 4),
+    frozen_bn: bool = False,
+) -> nn.Module:
+    """A timm feature extractor (`features_only=True`) for `name`.
+
+    pretrained: False = random init, True = ImageNet weights from the timm hub, a path = that
+    local weights file (a timm/torchvision state dict; missing file -> ConfigError).
+    frozen_bn: BN layers become `FixedBatchNorm2d` (running statistics, never updated; affine
+    weight and bias still trainable, as the official "fix" mode).
+    Input (B, 3, H, W) float32; output: list of (B, C_i, H/s_i, W/s_i) maps.
+    """
+    try:
+        model = timm.create_model(
+            name,
+            features_only=True,
+            output_stride=output_stride,
+            out_indices=out_indices,
+            **_pretrained_kwargs(pretrained),
+        )
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ConfigError(f"backbone: unknown timm model {name!r}") from exc
+        raise
+    log.debug("backbone %s: channels %s", name, model.feature_info.channels())
+    return fix_batch_norm(model) if frozen_bn else model

@@ -1,0 +1,160 @@
+"""Stage 1: train the Puzzle-CAM classifier (spec 2) on the training split's image-level labels.
+
+Builds the dataset (spec 1.4 augmentation), the model (`PuzzleClassifier`, or the plain
+`Classifier` when the loss is L_cls alone, so the baseline never pays for the tiled pass), the
+loss closure with the alpha schedule, and hands them to the one training loop `pcam.train.fit`.
+The saved model is always the plain `Classifier` (kind "classifier").
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from pcam.data.transforms import item_rng, to_chw, train_augment
+from pcam.data.voc import DatasetSpec, image_labels, load_image, read_split
+from pcam.errors import ConfigError, DataError
+from pcam.losses import alpha_at, puzzle_loss
+from pcam.models import save_model
+from pcam.models.classifier import Classifier, PuzzleClassifier
+from pcam.puzzle import pieces_per_side
+
+log = logging.getLogger(__name__)
+
+
+class ClassificationDataset(Dataset):
+    """Augmented training crops with image-level labels.
+
+    Item i: {"image": (3, crop, crop) float32 normalised, "labels": (C,) float32 multi-hot}.
+    The augmentation of item i draws from a generator seeded by (seed, epoch, i), so a run is
+    reproducible whatever the worker count; `set_epoch` changes the draws per epoch.
+    """
+
+    def __init__(self, spec: DatasetSpec, ids: list[str], settings: dict[str, Any], seed: int):
+        self.spec = spec
+        self.ids = list(ids)
+        self.resize_range = tuple(int(v) for v in settings["resize_range"])
+        self.crop_size = int(settings["crop_size"])
+        self.seed = int(seed)
+        self.epoch = 0
+        # Read every label up front: a bad annotation fails the job before training starts.
+        self.labels = np.stack([image_labels(spec, i) for i in self.ids]) if self.ids else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch` (call before iterating an epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        rng = item_rng(self.seed, index, self.epoch)
+        image = load_image(self.spec.image_path(self.ids[index]))
+        crop, _ = train_augment(image, None, self.resize_range, self.crop_size, rng)
+        return {
+            "image": torch.from_numpy(to_chw(crop)),
+            "labels": torch.from_numpy(self.labels[index].copy()),
+        }
+
+
+def uses_puzzle(settings: dict[str, Any]) -> bool:
+    """True when a loss term needs the tiled pass (anything beyond L_cls)."""
+    return set(settings["loss_terms"]) != {"cls"}
+
+
+def build_model(settings: dict[str, Any], num_classes: int) -> nn.Module:
+    """`PuzzleClassifier` around a `Classifier`, or the bare `Classifier` for the cls-only loss.
+
+    With the puzzle, crop_size must be a multiple of sqrt(num_pieces) * output_stride so that
+    the merged tile CAMs line up with the full-image CAMs (ConfigError otherwise).
+    """
+    classifier = Classifier.from_settings(settings, num_classes)
+    if not uses_puzzle(settings):
+        return classifier
+    step = pieces_per_side(settings["num_pieces"]) * classifier.output_stride
+    if settings["crop_size"] % step:
+        raise ConfigError(
+            f"classifier.crop_size: {settings['crop_size']} must be a multiple of "
+            f"sqrt(num_pieces) * output_stride = {step} for the puzzle module"
+        )
+    return PuzzleClassifier(classifier, settings["num_pieces"])
+
+
+def make_loss_fn(settings: dict[str, Any]):
+    """The closure `fit` calls: (model or its DDP wrapper, batch, progress t/T) -> (loss, terms)."""
+    terms = list(settings["loss_terms"])
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor], progress: float):
+        out = model(batch["image"])
+        if not isinstance(out, dict):  # plain Classifier: (logits, cams)
+            out = {"logits": out[0], "cams": out[1]}
+        alpha = alpha_at(progress, 1.0, settings["alpha"], settings["alpha_schedule"])
+        return puzzle_loss(
+            out,
+            batch["labels"],
+            terms,
+            alpha,
+            settings["re_loss"],
+            settings["re_loss_option"],
+            settings["level"],
+        )
+
+    return loss_fn
+
+
+def _unwrap(model: nn.Module) -> Classifier:
+    return model.classifier if isinstance(model, PuzzleClassifier) else model
+
+
+def train_classifier(
+    spec: DatasetSpec,
+    settings: dict[str, Any],
+    *,
+    compute: dict[str, Any],
+    out_model: Path,
+    out_curve: Path,
+    state_dir: Path,
+) -> None:
+    """Train on `spec.train_split` and write `out_model` (a plain Classifier) and `out_curve`."""
+    num_classes = spec.num_classes - 1
+    ids = read_split(spec, spec.train_split)
+    if len(ids) < settings["batch_size"]:
+        raise DataError(
+            f"{spec.split_path(spec.train_split)}: {len(ids)} images, fewer than one batch "
+            f"(classifier.batch_size = {settings['batch_size']})"
+        )
+    dataset = ClassificationDataset(spec, ids, settings, settings["seed"])
+    torch.manual_seed(settings["seed"])  # the head's and a random backbone's initial weights
+    model = build_model(settings, num_classes)
+    log.info(
+        "classifier: %s, %d images of %s, loss %s",
+        settings["backbone"],
+        len(dataset),
+        spec.train_split,
+        "+".join(settings["loss_terms"]),
+    )
+
+    def save_fn(trained: nn.Module, path: Path) -> None:
+        save_model(path, "classifier", _unwrap(trained), settings, num_classes)
+
+    from pcam.train import fit  # imported here: the loop pulls in the device machinery
+
+    fit(
+        model,
+        make_loss_fn(settings),
+        dataset,
+        model.parameter_groups(),
+        settings,
+        compute,
+        out_model=out_model,
+        out_curve=out_curve,
+        state_dir=state_dir,
+        save_fn=save_fn,
+        sync_bn=settings.get("norm", "bn") == "bn",
+    )

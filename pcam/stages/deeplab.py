@@ -1,0 +1,289 @@
+"""Stages 7 and 8: train DeepLabV3+ (spec 8.2) and run multi-scale inference (spec 8.3).
+
+`train_deeplab` learns from pseudo-label PNGs (weak supervision) or, with no label directories,
+from the ground-truth masks (the fully supervised reference). `infer_deeplab` writes palette PNG
+predictions for one shard of a split, and optionally their dense-CRF refinement, which runs in
+CPU processes after the network pass so a GPU slot is not held while the CRF works.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pcam.data.transforms import item_rng, to_chw, train_augment
+from pcam.data.voc import DatasetSpec, load_image, read_split, training_mask
+from pcam.errors import ConfigError, DataError
+from pcam.io import (
+    IGNORE_INDEX,
+    atomic_path,
+    find_in_dirs,
+    load_label_png,
+    save_label_png,
+    shard_ids,
+)
+from pcam.models import load_model, save_model
+from pcam.models.deeplab import DeepLabV3Plus
+from pcam.segment import multiscale_probs
+
+log = logging.getLogger(__name__)
+
+# The VOC evaluation server's layout for a test-set submission (indexed palette PNGs).
+SERVER_LAYOUT = Path("results/VOC2012/Segmentation/comp6_test_cls")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Pixel-wise cross-entropy, ignoring label 255 (spec 8.2).
+
+    logits (B, C, H, W) any float dtype; target (B, H, W) int64 in [0, C) or 255.
+    Mean over the non-ignored pixels, like `nn.CrossEntropyLoss(ignore_index=255)`, except that
+    a batch with every pixel ignored gives 0 instead of NaN.
+    """
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+class SegmentationDataset(Dataset):
+    """Augmented training crops with pixel labels (spec 1.4, DeepLab row).
+
+    Item i: {"image": (3, crop, crop) float32 normalised, "mask": (crop, crop) int64, 255 =
+    ignore (also the padding)}. Labels: the PNG `{id}.png` in the first of `label_dirs` holding
+    it (pseudo-labels), or the ground-truth training mask when `label_dirs` is None. Item i of
+    epoch e draws from a generator seeded by (seed, e, i): reproducible for any worker count.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        ids: list[str],
+        settings: dict[str, Any],
+        seed: int,
+        label_dirs: list[Path] | None,
+    ) -> None:
+        self.spec = spec
+        self.ids = list(ids)
+        self.resize_range = tuple(int(v) for v in settings["resize_range"])
+        self.crop_size = int(settings["crop_size"])
+        self.seed = int(seed)
+        self.epoch = 0
+        # Resolve every pseudo-label up front: a missing file fails before training starts.
+        self.label_paths = (
+            None if label_dirs is None else [find_in_dirs(label_dirs, i, ".png") for i in self.ids]
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch` (call before iterating an epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _mask(self, index: int) -> tuple[np.ndarray, str]:
+        """The label map of item `index` and a description of its source for error messages."""
+        image_id = self.ids[index]
+        if self.label_paths is None:
+            return training_mask(self.spec, image_id), f"{image_id}: ground-truth mask"
+        path = self.label_paths[index]
+        return load_label_png(path), str(path)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image = load_image(self.spec.image_path(self.ids[index]))
+        mask, source = self._mask(index)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{source}: size {mask.shape} differs from the image's {image.shape[:2]}"
+            )
+        bad = (mask != IGNORE_INDEX) & (mask >= self.spec.num_classes)
+        if bad.any():
+            raise DataError(
+                f"{source}: label {int(mask[bad].max())} is not a class index "
+                f"(0..{self.spec.num_classes - 1}) or {IGNORE_INDEX}"
+            )
+        rng = item_rng(self.seed, index, self.epoch)
+        crop, crop_mask = train_augment(image, mask, self.resize_range, self.crop_size, rng)
+        return {
+            "image": torch.from_numpy(to_chw(crop)),
+            "mask": torch.from_numpy(crop_mask.astype(np.int64)),
+        }
+
+
+def loss_fn(model: nn.Module, batch: dict[str, Tensor], progress: float):
+    """The closure `fit` calls: (model or its DDP wrapper, batch, progress) -> (loss, terms)."""
+    loss = segmentation_loss(model(batch["image"]), batch["mask"])
+    return loss, {"ce": float(loss.detach())}
+
+
+def train_deeplab(
+    spec: DatasetSpec,
+    settings: dict[str, Any],
+    *,
+    compute: dict[str, Any],
+    label_dirs: list[Path] | None,
+    out_model: Path,
+    out_curve: Path,
+    state_dir: Path,
+) -> None:
+    """Train on `spec.train_split` and write `out_model` (kind "deeplab") and `out_curve`.
+
+    label_dirs: pseudo-label shard directories, or None for the ground-truth masks.
+    The model is the one at the last step (spec 15.3); `select_with_val` is not implemented.
+    """
+    if settings.get("select_with_val"):
+        raise ConfigError(
+            "deeplab.select_with_val: the official best-on-val checkpoint selection is not "
+            "implemented (the training loop has no per-epoch evaluation hook); set it to false"
+        )
+    from pcam.train import fit
+
+    ids = read_split(spec, spec.train_split)
+    dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
+    torch.manual_seed(settings["seed"])  # the head's (and a random backbone's) initial weights
+    model = DeepLabV3Plus.from_settings(settings, spec.num_classes)
+    log.info(
+        "deeplab: %s, %d images of %s, labels: %s",
+        settings["backbone"],
+        len(dataset),
+        spec.train_split,
+        "ground truth (fully supervised)" if label_dirs is None else f"{len(label_dirs)} dirs",
+    )
+
+    def save_fn(trained: nn.Module, path: Path) -> None:
+        save_model(path, "deeplab", trained, settings, spec.num_classes)
+
+    fit(
+        model,
+        loss_fn,
+        dataset,
+        model.parameter_groups(),
+        settings,
+        compute,
+        out_model=out_model,
+        out_curve=out_curve,
+        state_dir=state_dir,
+        save_fn=save_fn,
+        sync_bn=settings.get("norm", "frozen") == "bn",
+    )
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def prediction_dir(base: Path, server_format: bool) -> Path:
+    """Where the PNGs go: `base`, or the evaluation server's layout under it."""
+    return base / SERVER_LAYOUT if server_format else base
+
+
+def _crf_one(item: tuple[str, Path, Path, Path, np.ndarray, dict]) -> str:
+    """CRF-refine one spilled probability map and write its label PNG (runs in a worker)."""
+    from pcam.crf import crf_from_probs
+
+    image_id, image_path, probs_path, out_path, palette, crf = item
+    probs = np.load(probs_path, allow_pickle=False).astype(np.float32)
+    refined = crf_from_probs(load_image(image_path), probs, crf)
+    save_label_png(out_path, refined.argmax(0).astype(np.uint8), palette)
+    return image_id
+
+
+def _network_pass(
+    spec: DatasetSpec,
+    settings: dict[str, Any],
+    compute: dict[str, Any],
+    model: Path,
+    ids: list[str],
+    pred_dir: Path,
+    spill_dir: Path | None,
+) -> None:
+    """Predict every id on this job's device: `pred_dir/{id}.png`, and, when `spill_dir` is
+    given, the probabilities (C, H, W) as float16 `spill_dir/{id}.npy` for the CRF pass."""
+    from pcam.data.loading import image_loader
+    from pcam.devices import autocast_context, inference_device
+
+    with inference_device(compute) as device:
+        net = load_model(model, map_location=device)
+        if not isinstance(net, DeepLabV3Plus):
+            raise DataError(f"{model}: not a DeepLab model ({type(net).__name__})")
+        classes = net.decoder.classifier.out_channels
+        if classes != spec.num_classes:
+            raise DataError(
+                f"{model}: predicts {classes} classes, the dataset has {spec.num_classes}"
+            )
+        loader = image_loader(spec, ids, compute.get("num_workers", 0))
+        start = time.perf_counter()
+        with (
+            torch.inference_mode(),
+            autocast_context(device, compute.get("mixed_precision", "auto")),
+        ):
+            for image_id, image in tqdm(loader, total=len(ids), desc="deeplab", disable=None):
+                probs = multiscale_probs(
+                    lambda x: net(x.to(device)), image, settings["scales"], settings["flip"]
+                )
+                labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+                save_label_png(pred_dir / f"{image_id}.png", labels, spec.palette)
+                if spill_dir is not None:
+                    with atomic_path(spill_dir / f"{image_id}.npy") as tmp, open(tmp, "wb") as fh:
+                        np.save(fh, probs.cpu().numpy().astype(np.float16))
+        seconds = time.perf_counter() - start
+        log.info("deeplab: %d images on %s in %.1f s", len(ids), device, seconds)
+
+
+def infer_deeplab(
+    spec: DatasetSpec,
+    settings: dict[str, Any],
+    *,
+    compute: dict[str, Any],
+    model: Path,
+    split: str,
+    shard: int,
+    num_shards: int,
+    out_dir: Path,
+    out_crf_dir: Path | None,
+    workers: int,
+    server_format: bool,
+) -> None:
+    """Multi-scale + flip predictions (spec 8.3) for shard `shard` of `num_shards` of `split`.
+
+    Writes `out_dir/{id}.png` (palette PNG, class indices) and, when `out_crf_dir` is given, the
+    dense-CRF refinement `out_crf_dir/{id}.png` (settings["crf"], `workers` processes).
+    server_format: the same files in the evaluation server's layout (`SERVER_LAYOUT`) under each
+    output directory. Directories are created even for an empty shard.
+    """
+    from pcam.crf import map_images
+
+    ids = shard_ids(read_split(spec, split), shard, num_shards)
+    pred_dir = prediction_dir(out_dir, server_format)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    if out_crf_dir is None:
+        _network_pass(spec, settings, compute, model, ids, pred_dir, None)
+        return
+    crf_dir = prediction_dir(out_crf_dir, server_format)
+    crf_dir.mkdir(parents=True, exist_ok=True)
+    # Probabilities wait on disk (float16), not in memory: 21 x 375 x 500 maps add up fast.
+    with tempfile.TemporaryDirectory(prefix=".probs-", dir=out_crf_dir) as spill:
+        spill_dir = Path(spill)
+        _network_pass(spec, settings, compute, model, ids, pred_dir, spill_dir)
+        items = [
+            (
+                image_id,
+                spec.image_path(image_id),
+                spill_dir / f"{image_id}.npy",
+                crf_dir / f"{image_id}.png",
+                spec.palette,
+                settings["crf"],
+            )
+            for image_id in ids
+        ]
+        for _ in map_images(_crf_one, items, workers):
+            pass
