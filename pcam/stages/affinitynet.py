@@ -1,0 +1,86 @@
+"""Stage 4: train AffinityNet (spec 5) on the affinity labels of stage 3.
+
+The labels (`{id}.png`: 0 background, class indices, 255 uncertain) are cropped with the image
+(padding 255), nearest-downsampled to the stride-4 grid, and turned into bg-positive,
+fg-positive and negative pixel pairs within `radius` (spec 5.3) for the loss of spec 5.4.
+The same training loop as the classifier (`pcam.train.fit`): resume, DDP, global batch, curve.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pcam.affinity import (
+    affinity_from_boundary,
+    affinity_labels_from_map,
+    affinity_loss,
+    path_index,
+)
+from pcam.cams import strided_size
+from pcam.data.labelled import SegmentationDataset
+from pcam.data.voc import DatasetSpec, read_split
+from pcam.models import save_model
+from pcam.models.affinitynet import AffinityNet
+
+log = logging.getLogger(__name__)
+
+
+def make_loss_fn(radius: int, crop_size: int):
+    """The closure `fit` calls: boundary logits -> affinities -> the loss of spec 5.4."""
+    grid = strided_size(crop_size, crop_size)
+    index = path_index(radius, *grid)
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor], progress: float):
+        logits = model(batch["image"])[:, 0].float()
+        labels = F.interpolate(batch["mask"][:, None].float(), size=grid, mode="nearest")
+        on_device = index.to(logits.device)
+        aff = affinity_from_boundary(torch.sigmoid(logits), on_device)
+        return affinity_loss(aff, *affinity_labels_from_map(labels[:, 0].long(), on_device))
+
+    return loss_fn
+
+
+def train_affinitynet(
+    spec: DatasetSpec,
+    settings: dict[str, Any],
+    *,
+    compute: dict[str, Any],
+    label_dirs: list[Path],
+    out_model: Path,
+    out_curve: Path,
+    state_dir: Path,
+) -> None:
+    """Train on `spec.train_split` with the affinity labels in `label_dirs` (shard directories)."""
+    from pcam.train import fit
+
+    ids = read_split(spec, spec.train_split)
+    dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
+    torch.manual_seed(settings["seed"])  # the side branches' initial weights
+    model = AffinityNet.from_settings(settings, spec.num_classes)
+    log.info(
+        "affinitynet: %s (frozen), %d images of %s, radius %d",
+        settings["backbone"], len(dataset), spec.train_split, settings["radius"],
+    )  # fmt: skip
+
+    def save_fn(trained: nn.Module, path: Path) -> None:
+        save_model(path, "affinitynet", trained, settings, spec.num_classes)
+
+    fit(
+        model,
+        make_loss_fn(int(settings["radius"]), int(settings["crop_size"])),
+        dataset,
+        model.parameter_groups(),
+        settings,
+        compute,
+        out_model=out_model,
+        out_curve=out_curve,
+        state_dir=state_dir,
+        save_fn=save_fn,
+        sync_bn=False,  # the backbone is frozen; the head uses GroupNorm
+    )

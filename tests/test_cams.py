@@ -1,0 +1,109 @@
+"""Multi-scale CAM aggregation (spec 3.1) and the CAM dump stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcam.cams import multiscale_cams, normalise_present, strided_size
+from pcam.data.voc import DatasetSpec, image_labels, read_split
+from pcam.errors import DataError
+from pcam.io import shard_ids
+from pcam.models import save_model
+from pcam.models.classifier import Classifier
+from pcam.stages.cams import make_cams
+
+torch.set_num_threads(1)
+
+
+def _pooled(x: torch.Tensor) -> torch.Tensor:
+    """A flip-equivariant 'network': 2 channels of 16x16 average pooling."""
+    return F.avg_pool2d(x[:, :2], 16, ceil_mode=True) + 3.0
+
+
+def _ramp(x: torch.Tensor) -> torch.Tensor:
+    """A network that is not flip-equivariant: activation grows with the column."""
+    n, _, h, w = x.shape
+    cols = torch.arange((w + 15) // 16, dtype=torch.float32)
+    return cols.expand(n, 1, (h + 15) // 16, -1).clone()
+
+
+def test_strided_size_rounds_up():
+    assert strided_size(375, 500) == (94, 125)
+    assert strided_size(64, 64) == (16, 16)
+    assert strided_size(375, 500, 16) == (24, 32)
+
+
+def test_shapes_and_scale_sum():
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    strided, high = multiscale_cams(_pooled, image, [0.5, 1.0, 2.0], flip=False)
+    assert strided.shape == (2, 13, 18) and high.shape == (2, 50, 70)
+    # ReLU(pool + 3) > 0 everywhere; each scale adds a positive map
+    one, _ = multiscale_cams(_pooled, image, [1.0], flip=False)
+    assert (strided > one).all()
+
+
+def test_flip_is_flipped_back_before_summing():
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    plain, plain_hr = multiscale_cams(_pooled, image, [1.0], flip=False)
+    both, both_hr = multiscale_cams(_pooled, image, [1.0], flip=True)
+    torch.testing.assert_close(both, 2 * plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(both_hr, 2 * plain_hr, rtol=1e-4, atol=1e-4)
+    ramp, _ = multiscale_cams(_ramp, image, [1.0], flip=True)  # ramp + mirrored ramp
+    torch.testing.assert_close(ramp, ramp.flip(-1))
+
+
+def test_normalise_present_keeps_listed_channels_with_unit_max():
+    cams = torch.stack([torch.full((4, 4), float(c + 1)) for c in range(5)])
+    cams[3, 0, 0] = 10.0
+    out = normalise_present(cams, [1, 3])
+    assert out.shape == (2, 4, 4)
+    assert out.amax(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert float(out[1, 1, 1]) == pytest.approx(4 / 10, abs=1e-5)
+    assert normalise_present(cams, []).shape == (0, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def spec(demo_root: Path) -> DatasetSpec:
+    return DatasetSpec.from_settings({"root": str(demo_root)})
+
+
+def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
+    torch.manual_seed(0)
+    model = Classifier("resnet18", spec.num_classes - 1)
+    save_model(tmp_path / "model.pt", "classifier", model, {"backbone": "resnet18"}, 8)
+    settings = {"scales": [0.5, 1.0], "flip": True, "dtype": "float16"}
+    compute = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+    out = tmp_path / "cams"
+    kwargs = dict(compute=compute, model=tmp_path / "model.pt", split=spec.train_split)
+    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    mine = shard_ids(read_split(spec, spec.train_split), 0, 3)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.npz" for i in mine)
+    for image_id in mine:
+        with np.load(out / f"{image_id}.npz") as data:
+            present = np.flatnonzero(image_labels(spec, image_id)) + 1
+            assert data["keys"].tolist() == [0, *present.tolist()]
+            assert data["hr_cam"].dtype == np.float16
+            assert data["hr_cam"].shape == (len(present), 64, 64)
+            assert data["cam"].shape == (len(present), 16, 16)
+            assert data["hr_cam"].max() <= 1.0
+    first = out / f"{mine[0]}.npz"
+    stamp = first.stat().st_mtime_ns
+    first_other = out / f"{mine[1]}.npz"
+    first_other.unlink()
+    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    assert first.stat().st_mtime_ns == stamp and first_other.exists()
+
+
+def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
+    save_model(tmp_path / "m.pt", "classifier", Classifier("resnet18", 3), {"backbone": "resnet18"}, 3)
+    with pytest.raises(DataError, match="3 classes"):
+        make_cams(
+            spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute={},
+            model=tmp_path / "m.pt", split=spec.val_split, shard=0, num_shards=1,
+            out_dir=tmp_path / "out",
+        )  # fmt: skip
