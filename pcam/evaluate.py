@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 import multiprocessing
 from collections.abc import Iterator, Sequence
@@ -34,8 +33,6 @@ from tqdm import tqdm
 from pcam.data.voc import DatasetSpec, gt_mask, read_split
 from pcam.errors import ConfigError, DataError
 from pcam.io import IGNORE_INDEX, find_in_dirs, load_label_png, load_scores, write_text
-
-log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- pure core
 
