@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pcam.crf import crf_from_labels, map_images
+from pcam.crf import crf_from_labels, crf_from_probs, map_images
 from pcam.data.voc import DatasetSpec, load_image
 from pcam.errors import DataError
 from pcam.io import find_in_dirs, load_scores, save_label_png
@@ -134,3 +134,13 @@ def write_label_maps(
     ]
     for _ in map_images(_run_task, tasks, workers):
         pass
+
+
+def crf_refine_file(item: tuple[str, Path, Path, Path, np.ndarray, dict]) -> str:
+    """CRF-refine one spilled probability map (.npy) and write its label PNG (a pool task:
+    torch-free, so CRF workers start fast)."""
+    image_id, image_path, probs_path, out_path, palette, crf = item
+    probs = np.load(probs_path, allow_pickle=False).astype(np.float32)
+    refined = crf_from_probs(load_image(image_path), probs, crf)
+    save_label_png(out_path, refined.argmax(0).astype(np.uint8), palette)
+    return image_id

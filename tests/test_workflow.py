@@ -130,12 +130,12 @@ def test_training_killed_with_sigkill_resumes_through_snakemake(tmp_path):
     )  # fmt: skip
     state = project.work / "results" / "full" / ".state"
     try:
-        assert _wait_for(lambda: any(state.glob("deeplab-*/last")), timeout=600)
+        assert _wait_for(lambda: any(state.glob("deeplab-*/checkpoint.pt")), timeout=600)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (project.work / target).exists()
-    marker = next(state.glob("deeplab-*/last"))
+    marker = next(state.glob("deeplab-*/checkpoint.pt"))
     project.run("--unlock", configfiles=(longer,))
     project.run("--cores", "2", "--rerun-incomplete", target, configfiles=(longer,))
     assert (project.work / target).exists()

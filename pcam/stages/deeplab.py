@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pcam.data.labelled import SegmentationDataset
-from pcam.data.voc import DatasetSpec, load_image, read_split
+from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError, DataError
 from pcam.io import (
     IGNORE_INDEX,
@@ -119,17 +119,6 @@ def prediction_dir(base: Path, server_format: bool) -> Path:
     return base / SERVER_LAYOUT if server_format else base
 
 
-def _crf_one(item: tuple[str, Path, Path, Path, np.ndarray, dict]) -> str:
-    """CRF-refine one spilled probability map and write its label PNG (runs in a worker)."""
-    from pcam.crf import crf_from_probs
-
-    image_id, image_path, probs_path, out_path, palette, crf = item
-    probs = np.load(probs_path, allow_pickle=False).astype(np.float32)
-    refined = crf_from_probs(load_image(image_path), probs, crf)
-    save_label_png(out_path, refined.argmax(0).astype(np.uint8), palette)
-    return image_id
-
-
 def _network_pass(
     spec: DatasetSpec,
     settings: dict[str, Any],
@@ -194,6 +183,7 @@ def infer_deeplab(
     output directory. Directories are created even for an empty shard.
     """
     from pcam.crf import map_images
+    from pcam.labels import crf_refine_file
 
     ids = shard_ids(read_split(spec, split), shard, num_shards)
     pred_dir = prediction_dir(out_dir, server_format)
@@ -218,5 +208,5 @@ def infer_deeplab(
             )
             for image_id in ids
         ]
-        for _ in map_images(_crf_one, items, workers):
+        for _ in map_images(crf_refine_file, items, workers):
             pass
