@@ -25,6 +25,7 @@ from pcam.affinity import (
 from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
+from pcam.errors import ConfigError
 from pcam.models import save_model
 from pcam.models.affinitynet import AffinityNet
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 def make_loss_fn(radius: int, crop_size: int):
     """The closure `fit` calls: boundary logits -> affinities -> the loss of spec 5.4."""
     grid = strided_size(crop_size, crop_size)
+    if min(grid) <= 2 * (radius - 1):
+        raise ConfigError(
+            f"affinitynet.radius {radius} needs a stride-4 crop wider than {2 * (radius - 1)} "
+            f"pixels (crop_size > {8 * (radius - 1)}); crop_size is {crop_size}"
+        )
     index = path_index(radius, *grid)
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor], progress: float):
