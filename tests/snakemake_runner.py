@@ -41,7 +41,7 @@ class Project:
         """Run snakemake to completion; raise with its output when it fails."""
         proc = subprocess.run(
             self.command(*args, configfiles=configfiles),
-            env=self.env, capture_output=True, text=True, timeout=timeout,
+            env=self.env, cwd=self.work, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         if proc.returncode != 0:
             raise AssertionError(

@@ -58,7 +58,7 @@ def test_tiny_dag_runs_as_slurm_jobs(slurm, tmp_path):
             "--slurm-init-seconds-before-status-checks", "5",
             configfiles=(one,),
         )],
-        env=project.env, capture_output=True, text=True,
+        env=project.env, cwd=project.work, capture_output=True, text=True,
     )  # fmt: skip
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
