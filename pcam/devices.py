@@ -124,7 +124,7 @@ def _try_lock(path: Path) -> int | None:
 
 
 def _acquire(ids: list[str], n: int, lock_dir: Path) -> tuple[list[str], list[int]]:
-    """Lock n of `ids` (all or none), returning (chosen ids, fds); ([], []) when too few are free."""
+    """Lock n of `ids` (all or none): (chosen ids, fds), or ([], []) when too few are free."""
     chosen: list[str] = []
     fds: list[int] = []
     for gpu in ids:

@@ -149,7 +149,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
 
 
 def curve_csv(rows: list[dict[str, float]]) -> str:
-    """The training curve as CSV text (columns: the union of the rows' keys, in first-seen order)."""
+    """The training curve as CSV text (columns: the rows' keys, in first-seen order)."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]

@@ -100,7 +100,8 @@ def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
 
 
 def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
-    save_model(tmp_path / "m.pt", "classifier", Classifier("resnet18", 3), {"backbone": "resnet18"}, 3)
+    three = Classifier("resnet18", 3)
+    save_model(tmp_path / "m.pt", "classifier", three, {"backbone": "resnet18"}, 3)
     with pytest.raises(DataError, match="3 classes"):
         make_cams(
             spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute={},

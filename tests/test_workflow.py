@@ -96,7 +96,7 @@ def test_changing_one_experiment_setting_reruns_that_experiment_only(done):
 def test_changing_random_walk_code_reruns_it_and_its_descendants(done):
     module = done.root / "pcam" / "stages" / "rw.py"
     original = module.read_text()
-    module.write_text(original + "\n_EDITED = True  # a code change (comments alone do not count)\n")
+    module.write_text(original + "\n_EDITED = True  # a code change\n")
     try:
         jobs = done.planned_jobs()
     finally:

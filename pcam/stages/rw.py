@@ -55,7 +55,7 @@ def make_rw(
     num_shards: int,
     out_dir: Path,
 ) -> None:
-    """Random-walk maps of shard `shard` of `num_shards` of `split` with the AffinityNet at `model`."""
+    """Random-walk maps of one shard of `split`, with the AffinityNet at `model`."""
     from pcam.data.loading import image_loader
     from pcam.devices import inference_device
 
