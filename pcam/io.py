@@ -7,6 +7,7 @@ looks finished (spec 11.9).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,8 @@ from PIL import Image
 from pcam.errors import DataError
 
 IGNORE_INDEX = 255
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -118,3 +121,14 @@ def shard_ids(ids: Sequence[str], shard: int, num_shards: int) -> list[str]:
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is outside 0..{num_shards - 1}")
     return list(ids[shard::num_shards])
+
+
+def unfinished(ids: Sequence[str], out_dir: Path, suffix: str) -> list[str]:
+    """The ids without an `out_dir/{id}{suffix}` yet (outputs are atomic: present = finished).
+
+    Creates `out_dir`, so even an empty shard leaves its declared directory.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in ids if not (out_dir / f"{i}{suffix}").exists()]
+    log.info("%d of %d outputs to make in %s", len(todo), len(ids), out_dir)
+    return todo

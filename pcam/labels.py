@@ -21,7 +21,7 @@ import numpy as np
 from pcam.crf import crf_from_labels, crf_from_probs, map_images
 from pcam.data.voc import DatasetSpec, load_image
 from pcam.errors import DataError
-from pcam.io import find_in_dirs, load_scores, save_label_png
+from pcam.io import find_in_dirs, load_scores, save_label_png, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ def write_label_maps(
     PNG exists are skipped: PNGs are written atomically, so an existing one is finished. `make_map`
     must be picklable (a module-level function or a partial of one). `out_dir` is always created.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
-    log.info("%d label maps to make, %d already in %s", len(todo), len(ids) - len(todo), out_dir)
+    todo = unfinished(ids, out_dir, ".png")
     tasks = [
         _Task(
             image_id,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pcam.cams import multiscale_cams, normalise_present
 from pcam.data.voc import DatasetSpec, image_labels, read_split
 from pcam.errors import DataError
-from pcam.io import save_scores, shard_ids
+from pcam.io import save_scores, shard_ids, unfinished
 from pcam.models import load_model
 from pcam.models.classifier import Classifier
 
@@ -47,11 +47,7 @@ def make_cams(
     from pcam.data.loading import image_loader
     from pcam.devices import autocast_context, inference_device
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = shard_ids(read_split(spec, split), shard, num_shards)
-    todo = [i for i in ids if not (out_dir / f"{i}.npz").exists()]
-    if len(todo) < len(ids):
-        log.info("resuming: %d of %d CAM files already written", len(ids) - len(todo), len(ids))
+    todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
     labels = {i: present_classes(spec, i) for i in todo}  # bad annotations fail before compute
     with inference_device(compute) as device:
         net = load_model(model, map_location=device)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pcam.affinity import random_walk, rw_postprocess
 from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import DataError
-from pcam.io import find_in_dirs, load_scores, save_scores, shard_ids
+from pcam.io import find_in_dirs, load_scores, save_scores, shard_ids, unfinished
 from pcam.models import load_model
 from pcam.models.affinitynet import AffinityNet
 from pcam.segment import scaled_batch
@@ -59,11 +59,7 @@ def make_rw(
     from pcam.data.loading import image_loader
     from pcam.devices import inference_device
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = shard_ids(read_split(spec, split), shard, num_shards)
-    todo = [i for i in ids if not (out_dir / f"{i}.npz").exists()]
-    if len(todo) < len(ids):
-        log.info("resuming: %d of %d RW files already written", len(ids) - len(todo), len(ids))
+    todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
     sources = {i: find_in_dirs(cam_dirs, i, ".npz") for i in todo}  # a missing CAM fails first
     with inference_device(compute) as device:
         net = load_model(model, map_location=device)
