@@ -74,3 +74,18 @@ def test_stage_validation_for_cli(base):
     assert validate_stage("rw", settings) is settings
     with pytest.raises(ConfigError, match="method"):
         validate_stage("rw", {**settings, "method": "magic"})
+
+
+def test_voc_config_restores_every_paper_value_the_demo_defaults_shrink():
+    voc = yaml.safe_load((CONFIG.parent / "voc.yaml").read_text())
+    cfg = load_config(CONFIG, overrides=voc)
+    paper_scales = [0.5, 1.0, 1.5, 2.0]
+    assert stage_settings(cfg, "puzzle", "cams")["scales"] == paper_scales
+    assert stage_settings(cfg, "puzzle", "deeplab_inference")["scales"] == paper_scales
+    classifier = stage_settings(cfg, "puzzle", "classifier")
+    assert (classifier["backbone"], classifier["epochs"], classifier["crop_size"]) == (
+        "resnest101e", 15, 512,
+    )  # fmt: skip
+    assert stage_settings(cfg, "puzzle", "deeplab")["epochs"] == 50
+    assert stage_settings(cfg, "puzzle", "affinitynet")["radius"] == 10
+    assert stage_settings(cfg, "baseline", "classifier")["loss_terms"] == ["cls"]
