@@ -122,6 +122,11 @@ def train_classifier(
     state_dir: Path,
 ) -> None:
     """Train on `spec.train_split` and write `out_model` (a plain Classifier) and `out_curve`."""
+    if settings.get("select_with_gt"):
+        raise ConfigError(
+            "classifier.select_with_gt: the official best-train-GT-mIoU checkpoint selection is "
+            "not implemented (the model is the last step's, spec 15.3); set it to false"
+        )
     num_classes = spec.num_classes - 1
     ids = read_split(spec, spec.train_split)
     if len(ids) < settings["batch_size"]:
