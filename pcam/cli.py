@@ -155,6 +155,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
         _settings(a, "affinitynet"),
         compute=a.compute,
         label_dirs=[Path(p) for p in a.labels],
+        init_model=Path(a.init_from) if a.init_from else None,
         out_model=Path(a.out_model),
         out_curve=Path(a.out_curve),
         state_dir=Path(a.state_dir),
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-affinitynet", _train_affinitynet, "train AffinityNet on affinity labels")
     _stage_args(p)
     p.add_argument("--labels", nargs="+", required=True, help="affinity-label shard directories")
+    p.add_argument("--init-from", help="classifier whose backbone starts the frozen backbone")
     _training_args(p)
 
     p = add("make-rw", _make_rw, "random-walk refinement of CAMs for one shard")

@@ -25,9 +25,10 @@ from pcam.affinity import (
 from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
-from pcam.errors import ConfigError
-from pcam.models import save_model
+from pcam.errors import ConfigError, DataError
+from pcam.models import load_model, save_model
 from pcam.models.affinitynet import AffinityNet
+from pcam.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,46 @@ def make_loss_fn(radius: int, crop_size: int):
     return loss_fn
 
 
+def load_classifier_backbone(model: AffinityNet, path: Path) -> None:
+    """Copy the backbone weights (BN statistics included) of the classifier at `path`."""
+    classifier = load_model(path)
+    if not isinstance(classifier, Classifier):
+        raise DataError(f"{path}: not a classifier ({type(classifier).__name__})")
+    try:
+        model.backbone.load_state_dict(classifier.backbone.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{path}: its backbone does not fit the AffinityNet's (same `backbone` needed): {exc}"
+        ) from exc
+    log.info("frozen backbone initialised from the classifier %s", path)
+
+
 def train_affinitynet(
     spec: DatasetSpec,
     settings: dict[str, Any],
     *,
     compute: dict[str, Any],
     label_dirs: list[Path],
+    init_model: Path | None = None,
     out_model: Path,
     out_curve: Path,
     state_dir: Path,
 ) -> None:
-    """Train on `spec.train_split` with the affinity labels in `label_dirs` (shard directories)."""
+    """Train on `spec.train_split` with the affinity labels in `label_dirs` (shard directories).
+
+    init_model: a trained classifier whose backbone weights replace the ImageNet ones of the
+    frozen backbone (`init_from_classifier`, for runs without ImageNet weights, e.g. the demo).
+    """
     from pcam.train import fit
 
     ids = read_split(spec, spec.train_split)
     dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
     torch.manual_seed(settings["seed"])  # the side branches' initial weights
     model = AffinityNet.from_settings(settings, spec.num_classes)
+    if settings.get("init_from_classifier"):
+        if init_model is None:
+            raise ConfigError("affinitynet.init_from_classifier: no classifier model was given")
+        load_classifier_backbone(model, init_model)
     log.info(
         "affinitynet: %s (frozen), %d images of %s, radius %d",
         settings["backbone"], len(dataset), spec.train_split, settings["radius"],

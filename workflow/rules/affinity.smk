@@ -32,6 +32,7 @@ rule train_affinitynet:
         labels=lambda w: shard_dirs(
             w.experiment, "affinity_labels", DATA["train_split"]
         ),
+        init=affinitynet_init,
     output:
         model=f"{RESULTS}/{{experiment}}/affinitynet/model.pt",
         curve=report(
@@ -56,9 +57,10 @@ rule train_affinitynet:
         dataset=DATASET_JSON,
         compute=COMPUTE_JSON,
         code=code("pcam.stages.affinitynet"),
+        init=lambda w, input: f"--init-from {input.init}" if input.init else "",
     shell:
         "pcam --log-file {log} train-affinitynet --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --compute {params.compute:q}"
+        " --settings {params.settings:q} --compute {params.compute:q} {params.init}"
         " --labels {input.labels} --out-model {output.model} --out-curve {output.curve}"
         " --state-dir {params.state}"
 

@@ -49,6 +49,13 @@ def settings(stage):
     )
 
 
+def affinitynet_init(w):
+    """The experiment's classifier, when AffinityNet's frozen backbone starts from it."""
+    if stage_settings(config, w.experiment, "affinitynet").get("init_from_classifier"):
+        return f"{RESULTS}/{w.experiment}/classifier/model.pt"
+    return []
+
+
 def code(*modules):
     """A params value: fingerprint of the pcam modules a rule runs (Snakemake cannot see them)."""
     return code_fingerprint(*modules)
