@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, dict[str, Tensor], float], tuple[Tensor, dict[str, float]]]
 SaveFn = Callable[[nn.Module, Path], None]
+SelectFn = Callable[[nn.Module], float]  # a score of the model, higher is better (e.g. val mIoU)
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: the job failed, a retry resumes
 
 
@@ -116,9 +118,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     curve: list[dict[str, float]],
+    best: float | None = None,
 ) -> None:
-    """Write the whole training state atomically (model, optimiser, scaler, RNG, step, curve)."""
+    """Write the whole training state atomically (model, optimiser, scaler, RNG, step, curve,
+    best selection score so far)."""
     payload = {
+        "best": best,
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -264,8 +269,12 @@ def fit(
     state_dir: Path,
     save_fn: SaveFn,
     sync_bn: bool,
+    select_fn: SelectFn | None = None,
 ) -> None:
     """Train `model` for settings["epochs"] and write `out_model` (via `save_fn`) and `out_curve`.
+
+    select_fn: scored after every epoch on rank 0; the model written is then the best-scoring
+    epoch's instead of the last step's (a labelled diagnostic, e.g. best-on-val, spec 15.3).
 
     settings: batch_size, micro_batch, epochs, lr, weight_decay, momentum, nesterov, poly_power,
     seed, checkpoint_every, log_every. compute: gpus_per_job, mixed_precision, num_workers.
@@ -275,12 +284,20 @@ def fit(
         devices.relaunch_under_torchrun(len(gpus))  # returns unless a relaunch is needed
         info = devices.init_distributed()
         try:
-            _fit(model, loss_fn, dataset, groups, settings, compute, info, sync_bn, state_dir)
+            _fit(
+                model, loss_fn, dataset, groups, settings, compute, info, sync_bn, state_dir,
+                select_fn,
+            )  # fmt: skip
             if devices.is_main():
+                if select_fn is not None:
+                    best = torch.load(state_dir / BEST, map_location="cpu", weights_only=True)
+                    model.load_state_dict(best)
+                    log.info("model written: the best-scoring epoch's (selection on)")
                 save_fn(model, out_model)
                 checkpoint = load_checkpoint(state_dir / CHECKPOINT, torch.device("cpu"))
                 write_text(out_curve, curve_csv(checkpoint["curve"] if checkpoint else []))
                 (state_dir / CHECKPOINT).unlink(missing_ok=True)
+                (state_dir / BEST).unlink(missing_ok=True)
             devices.barrier()
         finally:
             devices.cleanup()
@@ -296,8 +313,10 @@ def _fit(
     info: devices.DistInfo,
     sync_bn: bool,
     state_dir: Path,
+    select_fn: SelectFn | None,
 ) -> None:
-    """The loop proper; leaves the final state (and curve) in `state_dir`'s checkpoint."""
+    """The loop proper; leaves the final state (and curve) in `state_dir`'s checkpoint, and the
+    best-scoring epoch's weights in `state_dir/best.pt` when `select_fn` is given."""
     device, seed = info.device, int(settings["seed"])
     plan = plan_batches(
         len(dataset), int(settings["batch_size"]), settings.get("micro_batch"), info.world_size,
@@ -309,13 +328,13 @@ def _fit(
     scaler = devices.make_grad_scaler(device, precision)
     path = state_dir / CHECKPOINT
     state = load_checkpoint(path, device)
-    step, curve = 0, []
+    step, curve, best = 0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        step, curve = int(state["step"]), list(state["curve"])
+        step, curve, best = int(state["step"]), list(state["curve"]), state.get("best")
         log.info("resuming from step %d of %d (%s)", step, plan.total_steps, path)
     else:
         torch.manual_seed(seed + info.rank)  # dropout draws; the weights were seeded by the stage
@@ -359,10 +378,12 @@ def _fit(
                     curve.append(row)
                     log.info("step %d/%d %s", step, plan.total_steps, _fmt_row(row))
                     window = _Window()
+                if select_fn is not None and step % plan.steps_per_epoch == 0:
+                    best = _select(select_fn, model, net, state_dir, step, epoch, curve, best)
                 preempted = stop.agreed(device)
                 if step % every == 0 or step == plan.total_steps or preempted:
                     if devices.is_main():
-                        save_checkpoint(path, step, model, optimizer, scaler, curve)
+                        save_checkpoint(path, step, model, optimizer, scaler, curve, best)
                     devices.barrier()
                 if preempted:
                     log.warning("checkpoint at step %d saved; exiting for a retry to resume", step)
@@ -370,6 +391,32 @@ def _fit(
     finally:
         bar.close()
         stop.restore()
+
+
+def _select(
+    select_fn: SelectFn,
+    model: nn.Module,
+    net: nn.Module,
+    state_dir: Path,
+    step: int,
+    epoch: int,
+    curve: list[dict[str, float]],
+    best: float | None,
+) -> float | None:
+    """Score the model after an epoch (rank 0) and keep its weights in best.pt when it improves."""
+    if devices.is_main():
+        model.eval()
+        with torch.inference_mode():
+            score = float(select_fn(model))
+        net.train()
+        curve.append({"step": step, "epoch": epoch, "selection_score": score})
+        log.info("epoch %d: selection score %.4f (best so far %s)", epoch, score, best)
+        if best is None or score > best:
+            best = score
+            with atomic_path(state_dir / BEST) as tmp:
+                torch.save(model.state_dict(), tmp)
+    devices.barrier()
+    return best
 
 
 def _train_step(

@@ -211,17 +211,26 @@ def test_dataset_refuses_bad_labels(spec, tmp_path):
 # --------------------------------------------------------------------------- stages
 
 
-def test_select_with_val_is_refused_not_faked(spec, tmp_path):
-    with pytest.raises(ConfigError, match="select_with_val"):
-        train_deeplab(
-            spec,
-            _settings(select_with_val=True),
-            compute=COMPUTE,
-            label_dirs=None,
-            out_model=tmp_path / "m.pt",
-            out_curve=tmp_path / "c.csv",
-            state_dir=tmp_path / "s",
-        )
+def test_select_with_val_writes_the_best_epoch_and_logs_every_score(spec, tmp_path):
+    from pcam.models import load_model
+    from pcam.stages.deeplab import val_miou_fn
+
+    train_deeplab(
+        spec,
+        _settings(select_with_val=True, epochs=3, lr=0.05),
+        compute=COMPUTE,
+        label_dirs=None,
+        out_model=tmp_path / "m.pt",
+        out_curve=tmp_path / "c.csv",
+        state_dir=tmp_path / "s",
+    )
+    rows = (tmp_path / "c.csv").read_text().splitlines()
+    column = rows[0].split(",").index("selection_score")
+    scores = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(scores) == 3  # one per epoch
+    written = val_miou_fn(spec)(load_model(tmp_path / "m.pt"))
+    assert written == pytest.approx(max(scores), abs=1e-9)
+    assert not (tmp_path / "s" / "best.pt").exists()
 
 
 @pytest.fixture(scope="module")

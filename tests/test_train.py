@@ -140,3 +140,48 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve(demo_root, tmp_pat
     for a, b in zip(one, two, strict=True):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3), (a, b)
     assert "2 process(es)" in (tmp_path / "two" / "train.log").read_text()
+
+
+class _Points(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = torch.full((2,), float(i))
+        return {"x": x, "y": x.sum(0, keepdim=True)}
+
+
+def test_selection_writes_the_best_scoring_epoch_not_the_last(tmp_path):
+    from torch import nn
+
+    from pcam.optim import single_group
+    from pcam.train import fit
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    seen: list[dict[str, torch.Tensor]] = []
+    scores = iter([0.5, 0.9, 0.1])
+
+    def select_fn(m: nn.Module) -> float:
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    def loss_fn(m, batch, progress):
+        loss = ((m(batch["x"]) - batch["y"]) ** 2).mean() * 1e-3
+        return loss, {}
+
+    settings = {
+        "batch_size": 4, "micro_batch": None, "epochs": 3, "lr": 0.01, "weight_decay": 0.0,
+        "momentum": 0.9, "nesterov": False, "poly_power": 0.9, "seed": 0,
+        "checkpoint_every": 1, "log_every": 1,
+    }  # fmt: skip
+    fit(
+        model, loss_fn, _Points(), single_group(model.parameters()), settings, {},
+        out_model=tmp_path / "m.pt", out_curve=tmp_path / "c.csv", state_dir=tmp_path / "s",
+        save_fn=lambda m, p: torch.save(m.state_dict(), p), sync_bn=False, select_fn=select_fn,
+    )  # fmt: skip
+    written = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert len(seen) == 3 and not torch.equal(seen[1]["weight"], seen[2]["weight"])
+    for key, value in seen[1].items():  # epoch 2 scored best
+        torch.testing.assert_close(written[key], value)
+    assert "selection_score" in (tmp_path / "c.csv").read_text().splitlines()[0]

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pcam.data.labelled import SegmentationDataset
-from pcam.data.voc import DatasetSpec, read_split
-from pcam.errors import ConfigError, DataError
+from pcam.data.voc import DatasetSpec, gt_mask, load_image, read_split
+from pcam.errors import DataError
 from pcam.io import (
     IGNORE_INDEX,
     atomic_path,
@@ -72,13 +72,10 @@ def train_deeplab(
     """Train on `spec.train_split` and write `out_model` (kind "deeplab") and `out_curve`.
 
     label_dirs: pseudo-label shard directories, or None for the ground-truth masks.
-    The model is the one at the last step (spec 15.3); `select_with_val` is not implemented.
+    The model is the one at the last step (spec 15.3), or with `select_with_val` the epoch with
+    the best single-scale val mIoU (the official selection: a diagnostic that looks at the
+    split it is later scored on, spec 8.2).
     """
-    if settings.get("select_with_val"):
-        raise ConfigError(
-            "deeplab.select_with_val: the official best-on-val checkpoint selection is not "
-            "implemented (the training loop has no per-epoch evaluation hook); set it to false"
-        )
     from pcam.train import fit
 
     ids = read_split(spec, spec.train_split)
@@ -108,7 +105,35 @@ def train_deeplab(
         state_dir=state_dir,
         save_fn=save_fn,
         sync_bn=settings.get("norm", "frozen") == "bn",
+        select_fn=val_miou_fn(spec) if settings.get("select_with_val") else None,
     )
+
+
+def val_miou_fn(spec: DatasetSpec):
+    """The official per-epoch selection score: single-scale, no flip, no CRF mIoU on the val
+    split's ground truth (spec 8.2). Returns `score(model) -> mIoU in [0, 1]`."""
+    from pcam.evaluate import Scores, label_confusion
+
+    ids = read_split(spec, spec.val_split)
+    masks = {i: gt_mask(spec, i) for i in ids}
+    missing = [i for i, m in masks.items() if m is None]
+    if missing:
+        raise DataError(
+            f"deeplab.select_with_val: {len(missing)} val images have no ground-truth mask, "
+            f"e.g. {spec.mask_path(missing[0])}"
+        )
+
+    def score(model: nn.Module) -> float:
+        device = next(model.parameters()).device
+        confusion = 0
+        for image_id in ids:
+            image = load_image(spec.image_path(image_id))
+            probs = multiscale_probs(lambda x: model(x.to(device)), image, [1.0], False)
+            pred = probs.argmax(0).cpu().numpy().astype(np.uint8)
+            confusion = confusion + label_confusion(masks[image_id], pred, spec.num_classes)
+        return Scores.from_confusion(confusion).miou()
+
+    return score
 
 
 # --------------------------------------------------------------------------- inference
