@@ -284,7 +284,7 @@ def fit(
         devices.relaunch_under_torchrun(len(gpus))  # returns unless a relaunch is needed
         info = devices.init_distributed()
         try:
-            _fit(
+            curve = _fit(
                 model, loss_fn, dataset, groups, settings, compute, info, sync_bn, state_dir,
                 select_fn,
             )  # fmt: skip
@@ -294,8 +294,7 @@ def fit(
                     model.load_state_dict(best)
                     log.info("model written: the best-scoring epoch's (selection on)")
                 save_fn(model, out_model)
-                checkpoint = load_checkpoint(state_dir / CHECKPOINT, torch.device("cpu"))
-                write_text(out_curve, curve_csv(checkpoint["curve"] if checkpoint else []))
+                write_text(out_curve, curve_csv(curve))
                 (state_dir / CHECKPOINT).unlink(missing_ok=True)
                 (state_dir / BEST).unlink(missing_ok=True)
             devices.barrier()
@@ -314,9 +313,9 @@ def _fit(
     sync_bn: bool,
     state_dir: Path,
     select_fn: SelectFn | None,
-) -> None:
-    """The loop proper; leaves the final state (and curve) in `state_dir`'s checkpoint, and the
-    best-scoring epoch's weights in `state_dir/best.pt` when `select_fn` is given."""
+) -> list[dict[str, float]]:
+    """The loop proper; returns the training curve. Leaves the final state in `state_dir`'s
+    checkpoint, and the best-scoring epoch's weights in `state_dir/best.pt` with `select_fn`."""
     device, seed = info.device, int(settings["seed"])
     plan = plan_batches(
         len(dataset), int(settings["batch_size"]), settings.get("micro_batch"), info.world_size,
@@ -339,7 +338,7 @@ def _fit(
     else:
         torch.manual_seed(seed + info.rank)  # dropout draws; the weights were seeded by the stage
     if step >= plan.total_steps:
-        return
+        return curve
     net: nn.Module = model
     if info.world_size > 1:
         if sync_bn and device.type != "cpu":
@@ -391,6 +390,7 @@ def _fit(
     finally:
         bar.close()
         stop.restore()
+    return curve
 
 
 def _select(

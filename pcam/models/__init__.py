@@ -51,10 +51,13 @@ def save_model(
         torch.save(payload, tmp)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None
+) -> nn.Module:
     """Rebuild and return the model saved at `path` (in eval mode, on `map_location`).
 
-    Missing, corrupt or inconsistent file -> DataError naming it.
+    kind: the model kind the caller needs ("classifier", "affinitynet", "deeplab"), if any.
+    Missing, corrupt, inconsistent or other-kind file -> DataError naming it.
     """
     path = Path(path)
     try:
@@ -65,6 +68,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise DataError(f"{path}: cannot read model file ({exc})") from exc
     if not isinstance(payload, dict) or not _REQUIRED_KEYS <= set(payload):
         raise DataError(f"{path}: not a pcam model file (expected kind/settings/state_dict)")
+    if kind is not None and payload["kind"] != kind:
+        raise DataError(f"{path}: not a {kind} model file (it holds a {payload['kind']})")
     try:
         cls = _model_class(payload["kind"])
     except ValueError as exc:

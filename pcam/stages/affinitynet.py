@@ -25,10 +25,9 @@ from pcam.affinity import (
 from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
-from pcam.errors import ConfigError, DataError
+from pcam.errors import ConfigError
 from pcam.models import load_model, save_model
 from pcam.models.affinitynet import AffinityNet
-from pcam.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +54,7 @@ def make_loss_fn(radius: int, crop_size: int):
 
 def load_classifier_backbone(model: AffinityNet, path: Path) -> None:
     """Copy the backbone weights (BN statistics included) of the classifier at `path`."""
-    classifier = load_model(path)
-    if not isinstance(classifier, Classifier):
-        raise DataError(f"{path}: not a classifier ({type(classifier).__name__})")
+    classifier = load_model(path, kind="classifier")
     try:
         model.backbone.load_state_dict(classifier.backbone.state_dict())
     except RuntimeError as exc:

@@ -22,7 +22,6 @@ from pcam.data.voc import DatasetSpec, image_labels, read_split
 from pcam.errors import DataError
 from pcam.io import save_scores, shard_ids, unfinished
 from pcam.models import load_model
-from pcam.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,7 @@ def make_cams(
     todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
     labels = {i: present_classes(spec, i) for i in todo}  # bad annotations fail before compute
     with inference_device(compute) as device:
-        net = load_model(model, map_location=device)
-        if not isinstance(net, Classifier):
-            raise DataError(f"{model}: not a classifier ({type(net).__name__})")
+        net = load_model(model, map_location=device, kind="classifier")
         if net.head.out_channels != spec.num_classes - 1:
             raise DataError(
                 f"{model}: has {net.head.out_channels} classes, the dataset "

@@ -159,9 +159,7 @@ def _network_pass(
     from pcam.devices import autocast_context, inference_device
 
     with inference_device(compute) as device:
-        net = load_model(model, map_location=device)
-        if not isinstance(net, DeepLabV3Plus):
-            raise DataError(f"{model}: not a DeepLab model ({type(net).__name__})")
+        net = load_model(model, map_location=device, kind="deeplab")
         classes = net.decoder.classifier.out_channels
         if classes != spec.num_classes:
             raise DataError(

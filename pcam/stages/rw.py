@@ -62,9 +62,7 @@ def make_rw(
     todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
     sources = {i: find_in_dirs(cam_dirs, i, ".npz") for i in todo}  # a missing CAM fails first
     with inference_device(compute) as device:
-        net = load_model(model, map_location=device)
-        if not isinstance(net, AffinityNet):
-            raise DataError(f"{model}: not an AffinityNet ({type(net).__name__})")
+        net = load_model(model, map_location=device, kind="affinitynet")
         start = time.perf_counter()
         loader = image_loader(spec, todo, int(compute.get("num_workers", 0)))
         with torch.inference_mode():
