@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
-        generate(root, n_train=args.n_train, n_val=2, size=args.size, seed=0)
+        generate(root, n_train=args.n_train, n_val=2, size=args.size, seed=0, style="parts")
         spec = DatasetSpec.from_settings({"root": str(root)})
         ids = read_split(spec, "train")
         write_predictions(spec, ids, Path(tmp) / "png", Path(tmp) / "npz")

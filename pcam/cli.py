@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace, stage: str) -> dict:
 def _demo_data(a: argparse.Namespace) -> int:
     from pcam.data.demo import generate, render_preview
 
-    generate(Path(a.out), n_train=a.n_train, n_val=a.n_val, size=a.size, seed=a.seed)
+    generate(Path(a.out), n_train=a.n_train, n_val=a.n_val, size=a.size, seed=a.seed, style=a.style)
     if a.preview:
         render_preview(Path(a.out), Path(a.preview))
     return 0
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=48, help="images in val")
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--style", default="parts", help="visual grammar: parts (default) or tools")
     p.add_argument("--preview", help="also render a preview grid PNG here")
 
     p = add("check-data", _check_data, "validate a VOC-layout dataset before compute is spent")

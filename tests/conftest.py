@@ -22,7 +22,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Session-scoped and shared: tests must not modify it (copy it first).
     """
     root = tmp_path_factory.mktemp("demo") / "data"
-    generate(root, n_train=24, n_val=8, size=64, seed=0)
+    generate(root, n_train=24, n_val=8, size=64, seed=0, style="parts")
     return root
 
 

@@ -27,10 +27,11 @@ if config["demo"]["enabled"]:
             n_val=config["demo"]["n_val"],
             size=config["demo"]["size"],
             seed=config["demo"]["seed"],
+            style=config["demo"]["style"],
             code=code("pcam.data.demo"),
         shell:
             "pcam --log-file {log} demo-data --out {params.root} --n-train {params.n_train}"
-            " --n-val {params.n_val} --size {params.size} --seed {params.seed}"
+            " --n-val {params.n_val} --size {params.size} --seed {params.seed} --style {params.style}"
             " --preview {output.preview}"
 
 
