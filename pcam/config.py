@@ -17,20 +17,9 @@ import jsonschema
 import yaml
 
 from pcam.errors import ConfigError
+from pcam.pipeline import SECTIONS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-
-# Stage sections an experiment may override, in pipeline order.
-STAGES = (
-    "classifier",
-    "cams",
-    "affinity_labels",
-    "affinitynet",
-    "rw",
-    "pseudo_labels",
-    "deeplab",
-    "deeplab_inference",
-)
 
 
 @functools.cache
@@ -82,7 +71,7 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     if unknown:
         raise ConfigError(f"{where}: run_experiments: no such experiment(s) {sorted(unknown)}")
     for name in cfg["experiments"]:
-        for stage in STAGES:
+        for stage in SECTIONS:
             _validate(
                 stage_settings(cfg, name, stage),
                 _stage_schema(stage),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pcam.errors import DataError
 from pcam.io import write_text
+from pcam.pipeline import stage_order, train_stage_names
 
 COLUMNS = [
     "experiment",
@@ -31,9 +32,6 @@ COLUMNS = [
     "pixel_accuracy",
 ]
 
-# Stage order of the pipeline; the split each stage is scored on.
-STAGE_ORDER = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf", "deeplab_full", "deeplab_full_crf"]
-TRAIN_STAGES = {"cam", "rw", "rw_crf"}
 
 # Paper values on VOC 2012 (spec 12). Table 2 (train split): CAM, +RW, +dCRF per backbone for the
 # full puzzle losses; Table 1 / Table 2 baseline rows for ResNet-50 with other loss subsets.
@@ -94,6 +92,7 @@ def summary_rows(
     from pcam.evaluate import read_summary
 
     rows = []
+    on_train = train_stage_names()
     for path in evals:
         experiment, stage = _stage_of(Path(path))
         s = read_summary(path)
@@ -101,7 +100,7 @@ def summary_rows(
             {
                 "experiment": experiment,
                 "stage": stage,
-                "split": splits["train" if stage in TRAIN_STAGES else "val"],
+                "split": splits["train" if stage in on_train else "val"],
                 "n_images": s["n_images"],
                 "threshold": s.get("threshold"),
                 "miou": s["miou"],
@@ -113,7 +112,7 @@ def summary_rows(
                 "pixel_accuracy": s.get("pixel_accuracy"),
             }
         )
-    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    order = {name: i for i, name in enumerate(stage_order())}
     rows.sort(key=lambda r: (r["experiment"], order.get(r["stage"], len(order))))
     return rows
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pcam.config import experiments, stage_settings, validate_config
 from pcam.data.voc import DatasetSpec
 from pcam.fingerprint import code_fingerprint
+from pcam.pipeline import scored_stages
 from pcam.summary import paper_values
 
 validate_config(config, "config")
@@ -104,12 +105,12 @@ def eval_deeplab_inputs(w):
 
 
 def eval_csvs(experiment):
-    """Evaluation CSVs of one experiment, named after the summary's stages."""
-    if config["experiments"][experiment]["supervision"] == "full":
-        stages = ["deeplab_full", "deeplab_full_crf"]
-    else:
-        stages = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
-    return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
+    """Evaluation CSVs of one experiment, named after the summary's stages (pcam.pipeline)."""
+    supervision = config["experiments"][experiment]["supervision"]
+    return [
+        f"{RESULTS}/{experiment}/eval/{stage.name}.csv"
+        for stage in scored_stages(supervision)
+    ]
 
 
 ALL_EVALS = [csv for name in RUN for csv in eval_csvs(name)]
