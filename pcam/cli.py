@@ -230,36 +230,6 @@ def _infer_deeplab(a: argparse.Namespace) -> int:
     return 0
 
 
-def _summarize(a: argparse.Namespace) -> int:
-    from pcam.summary import summarize
-
-    table = summarize([Path(p) for p in a.evals], out=Path(a.out), splits=a.splits, paper=a.paper)
-    print(table)
-    return 0
-
-
-def _figure(a: argparse.Namespace) -> int:
-    from pcam import report
-
-    out = Path(a.out)
-    if a.kind == "per-class":
-        report.per_class_figure([Path(p) for p in a.evals], out)
-    elif a.kind == "curves":
-        report.curves_figure([Path(p) for p in a.curves], out)
-    else:
-        report.gallery_figure(
-            _dataset(a),
-            a.split,
-            a.n_images,
-            cams=[Path(p) for p in a.cams],
-            rw=[Path(p) for p in a.rw],
-            pseudo=[Path(p) for p in a.pseudo],
-            deeplab=[Path(p) for p in a.deeplab],
-            out=out,
-        )
-    return 0
-
-
 # --------------------------------------------------------------------------- parser
 
 
@@ -385,38 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _shard_args(p)
 
-    p = add("summarize", _summarize, "collect evaluation CSVs into results/summary.csv")
-    p.add_argument(
-        "--evals",
-        nargs="+",
-        required=True,
-        help="evaluation CSVs named results/{experiment}/eval/{stage}.csv",
-    )
-    p.add_argument("--out", required=True, help="summary CSV")
-    p.add_argument(
-        "--splits",
-        type=_json,
-        default={"train": "train", "val": "val"},
-        help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}',
-    )
-    p.add_argument(
-        "--paper",
-        type=_json,
-        default={},
-        help="paper mIoU per experiment and stage (JSON), filled on VOC",
-    )
+    from pcam.cli_results import add_commands
 
-    p = add("figure", _figure, "report figures: per-class IoU, training curves, gallery")
-    p.add_argument("kind", choices=["per-class", "curves", "gallery"])
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--evals", nargs="+", help="per-class: evaluation CSVs (one per stage)")
-    p.add_argument("--curves", nargs="+", help="curves: training-curve CSVs")
-    p.add_argument("--dataset", type=_json, help="gallery: dataset settings (JSON)")
-    p.add_argument("--split", help="gallery: split whose first images are shown")
-    p.add_argument("--n-images", type=int, default=6, help="gallery: rows")
-    for name in ("cams", "rw", "pseudo", "deeplab"):
-        p.add_argument(f"--{name}", nargs="+", help=f"gallery: {name} shard directories")
-
+    add_commands(add)
     return parser
 
 
@@ -434,12 +375,23 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `pcam` console script."""
+    """Entry point of the `pcam` console script.
+
+    A job given `--compute` (the pipeline's torch jobs) leaves a run record when it succeeds
+    (`pcam.provenance.record_path` of its output): device, precision, times, host, commit.
+    """
+    from pcam.provenance import now, write_run_record
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_file, args.verbose)
+    started = now()
     try:
-        return args.handler(args)
+        code = args.handler(args)
     except PcamError as exc:
         log.error("%s", exc)
         print(f"pcam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    if code == 0 and getattr(args, "compute", None):
+        output = getattr(args, "out_model", None) or args.out
+        write_run_record(args.command, output, args.compute, started)
+    return code

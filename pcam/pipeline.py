@@ -23,6 +23,23 @@ SECTIONS = (
 
 SUPERVISIONS = ("weak", "full")
 
+# The sections a fully supervised experiment uses (it trains the segmentation network on
+# ground-truth masks, so no CAM, affinity or random-walk stage runs), and the trained networks.
+SEGMENTATION_SECTIONS = ("deeplab", "deeplab_inference")
+TRAINED_SECTIONS = ("classifier", "affinitynet", "deeplab")
+
+
+def stage_sections(supervision: str) -> list[str]:
+    """The config sections an experiment of `supervision` runs, in pipeline order."""
+    if supervision not in SUPERVISIONS:
+        raise ValueError(f"unknown supervision {supervision!r} (known: {SUPERVISIONS})")
+    return [s for s in SECTIONS if supervision == "weak" or s in SEGMENTATION_SECTIONS]
+
+
+def trained_sections(supervision: str) -> list[str]:
+    """The networks an experiment of `supervision` trains (each writes `{section}/curve.csv`)."""
+    return [s for s in stage_sections(supervision) if s in TRAINED_SECTIONS]
+
 
 @dataclass(frozen=True)
 class ScoredStage:

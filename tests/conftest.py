@@ -11,6 +11,7 @@ from PIL import Image
 from pcam.data.demo import generate
 from pcam.data.voc import voc_palette
 from pcam.io import save_label_png
+from tests.snakemake_runner import Project, make_project
 
 VOC_TREE_SIZE = (18, 24)  # H, W: not square, so a transposed array would show
 
@@ -108,3 +109,15 @@ def voc_tree(tmp_path: Path) -> Path:
     for name, text in VOC_TREE_SPLITS.items():
         (root / "ImageSets" / "Segmentation" / f"{name}.txt").write_bytes(text.encode())
     return root
+
+
+@pytest.fixture(scope="session")
+def done(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A project (a git checkout of the code) whose whole DAG has run once on the tiny config.
+
+    Shared by the end-to-end test modules: tests may plan and build more (e.g. the report), and
+    may edit code only to restore it.
+    """
+    project = make_project(tmp_path_factory.mktemp("e2e"), git=True)
+    project.run("--cores", "2")
+    return project

@@ -56,11 +56,16 @@ class Project:
         return parse_jobs(proc.stdout + proc.stderr)
 
 
-def make_project(base: Path) -> Project:
-    """Copy the code to `base/code` and prepare an empty working directory."""
+def make_project(base: Path, *, git: bool = False) -> Project:
+    """Copy the code to `base/code` and prepare an empty working directory.
+
+    `git`: make the copy a git checkout with one commit (so provenance has a commit to record).
+    """
     root = base / "code"
     for name in ("pcam", "workflow", "config"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if git:
+        commit_copy(root)
     work = base / "work"
     work.mkdir()
     env = dict(os.environ)
@@ -69,6 +74,16 @@ def make_project(base: Path) -> Project:
     env["PCAM_GPU_LOCK_DIR"] = str(base / "gpu-slots")
     env.setdefault("OMP_NUM_THREADS", "1")
     return Project(root=root, work=work, env=env)
+
+
+def commit_copy(root: Path) -> str:
+    """`git init` + commit everything in `root`; returns the commit's sha."""
+    env = dict(os.environ, GIT_AUTHOR_NAME="pcam tests", GIT_AUTHOR_EMAIL="tests@pcam",
+               GIT_COMMITTER_NAME="pcam tests", GIT_COMMITTER_EMAIL="tests@pcam")  # fmt: skip
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", "-C", str(root), *args], env=env, check=True, capture_output=True)
+    head = ["git", "-C", str(root), "rev-parse", "HEAD"]
+    return subprocess.run(head, check=True, capture_output=True, text=True).stdout.strip()
 
 
 _RULE = re.compile(r"^(?:local)?rule (\w+):\s*$")

@@ -38,3 +38,12 @@ def test_score_map_stages_name_their_threshold_key():
 def test_unknown_supervision_is_refused():
     with pytest.raises(ValueError, match="unknown supervision"):
         pipeline.scored_stages("semi")
+
+
+def test_sections_and_trained_networks_of_each_supervision():
+    assert pipeline.stage_sections("weak") == list(pipeline.SECTIONS)
+    assert pipeline.stage_sections("full") == ["deeplab", "deeplab_inference"]
+    assert pipeline.trained_sections("weak") == ["classifier", "affinitynet", "deeplab"]
+    assert pipeline.trained_sections("full") == ["deeplab"]
+    with pytest.raises(ValueError, match="unknown supervision"):
+        pipeline.stage_sections("semi")

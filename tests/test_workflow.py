@@ -20,14 +20,6 @@ WEAK_STAGES = {"cam", "rw", "rw_crf", "deeplab", "deeplab_crf"}
 FULL_STAGES = {"deeplab_full", "deeplab_full_crf"}
 
 
-@pytest.fixture(scope="module")
-def done(tmp_path_factory) -> Project:
-    """A project whose whole DAG has run once."""
-    project = make_project(tmp_path_factory.mktemp("e2e"))
-    project.run("--cores", "2")
-    return project
-
-
 def _summary(project: Project) -> list[dict]:
     with open(project.work / "results" / "summary.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -54,7 +46,10 @@ def test_report_builds_offline(done):
     done.run("--cores", "1", "--report", str(report))
     text = report.read_text(errors="replace")
     assert report.stat().st_size > 100_000
-    for name in ("summary.csv", "per_class_iou.png", "training_curves.png", "gallery.png"):
+    for name in (
+        "summary.csv", "summary.html", "table2.png", "per_class_iou.png", "training_curves.png",
+        "gallery.html", "gallery_val.html",
+    ):  # fmt: skip
         assert name in text
 
 
@@ -78,8 +73,9 @@ def test_changing_pseudo_label_crf_reruns_only_its_descendants(done):
         for rule in (
             "make_pseudo_labels", "eval_pseudo_labels", "train_deeplab", "infer_deeplab",
             "eval_deeplab", "per_class_figure", "curves_figure", "gallery_figure",
+            "val_gallery_figure", "provenance",
         )
-    } | {("summary", ""), ("all", "")}  # fmt: skip
+    } | {("summary", ""), ("summary_page", ""), ("all", "")}  # fmt: skip
     assert jobs == expected
 
 

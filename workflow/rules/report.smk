@@ -1,9 +1,69 @@
-"""The results a user reads: summary table and report figures."""
+"""The results a user reads: provenance, the summary table, report pages and figures."""
+
+from pcam.pipeline import stage_sections, trained_sections
+
+FIGURES = f"{RESULTS}/figures"
+
+
+def provenance_settings(w):
+    """The experiment's resolved settings of every stage it runs, as JSON."""
+    supervision = config["experiments"][w.experiment]["supervision"]
+    resolved = {
+        "supervision": supervision,
+        "dataset": DATA,
+        "compute": config["compute"],
+        "evaluation": config["evaluation"],
+    }
+    for section in stage_sections(supervision):
+        resolved[section] = stage_settings(config, w.experiment, section)
+    return json.dumps(resolved, sort_keys=True)
+
+
+def test_predictions(w):
+    """The experiment's test-split prediction shards, when the dataset has a test split."""
+    if not DATA["test_split"]:
+        return []
+    return shard_dirs(w.experiment, "deeplab_pred", DATA["test_split"])
+
+
+# What `rule all` asks for from this file.
+REPORT_TARGETS = [
+    f"{RESULTS}/summary.csv",
+    f"{FIGURES}/summary.html",
+    *expand(
+        f"{FIGURES}/{{experiment}}/{{figure}}",
+        experiment=RUN,
+        figure=["per_class_iou.png", "training_curves.png", "gallery_val.html"],
+    ),
+    *expand(f"{FIGURES}/{{experiment}}/gallery.html", experiment=WEAK),
+]
+
+
+rule provenance:
+    input:
+        evals=lambda w: eval_csvs(w.experiment),
+        test=test_predictions,
+    output:
+        f"{RESULTS}/{{experiment}}/provenance.json",
+    log:
+        f"{LOGS}/{{experiment}}/provenance.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/provenance.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        settings=provenance_settings,
+        dir=lambda w: f"{RESULTS}/{w.experiment}",
+        code=code("pcam.provenance"),
+    shell:
+        "pcam --log-file {log} provenance --experiment {wildcards.experiment}"
+        " --dir {params.dir} --settings {params.settings:q} --out {output}"
 
 
 rule summary:
     input:
         evals=ALL_EVALS,
+        provenance=expand(f"{RESULTS}/{{experiment}}/provenance.json", experiment=RUN),
     output:
         report(
             f"{RESULTS}/summary.csv",
@@ -22,7 +82,36 @@ rule summary:
         code=code("pcam.summary"),
     shell:
         "pcam --log-file {log} summarize --evals {input.evals} --splits {params.splits:q}"
-        " --paper {params.paper:q} --out {output}"
+        " --paper {params.paper:q} --provenance {input.provenance} --out {output}"
+
+
+rule summary_page:
+    input:
+        f"{RESULTS}/summary.csv",
+    output:
+        page=report(
+            f"{FIGURES}/summary.html",
+            caption="../report/summary_page.rst",
+            category="Summary",
+        ),
+        # Beside the page: the landing page (workflow.rst) includes it from there.
+        fragment=f"{FIGURES}/summary_fragment.html",
+        chart=report(
+            f"{FIGURES}/table2.png",
+            caption="../report/table2.rst",
+            category="Summary",
+        ),
+    log:
+        f"{LOGS}/summary_page.log",
+    benchmark:
+        f"{LOGS}/benchmarks/summary_page.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        code=code("pcam.report.summary_page"),
+    shell:
+        "pcam --log-file {log} summary-page --summary {input} --out {output.page}"
+        " --fragment {output.fragment} --chart {output.chart}"
 
 
 rule per_class_figure:
@@ -30,7 +119,7 @@ rule per_class_figure:
         evals=lambda w: eval_csvs(w.experiment),
     output:
         report(
-            f"{RESULTS}/figures/{{experiment}}/per_class_iou.png",
+            f"{FIGURES}/{{experiment}}/per_class_iou.png",
             caption="../report/per_class.rst",
             category="Per-class IoU",
             subcategory="{experiment}",
@@ -42,24 +131,22 @@ rule per_class_figure:
     conda:
         "../envs/pcam.yaml"
     params:
-        code=code("pcam.report"),
+        code=code("pcam.report.figures"),
     shell:
         "pcam --log-file {log} figure per-class --evals {input.evals} --out {output}"
 
 
 rule curves_figure:
     input:
-        curves=lambda w: (
-            [f"{RESULTS}/{w.experiment}/deeplab/curve.csv"]
-            if config["experiments"][w.experiment]["supervision"] == "full"
-            else [
-                f"{RESULTS}/{w.experiment}/{stage}/curve.csv"
-                for stage in ("classifier", "affinitynet", "deeplab")
-            ]
-        ),
+        curves=lambda w: [
+            f"{RESULTS}/{w.experiment}/{section}/curve.csv"
+            for section in trained_sections(
+                config["experiments"][w.experiment]["supervision"]
+            )
+        ],
     output:
         report(
-            f"{RESULTS}/figures/{{experiment}}/training_curves.png",
+            f"{FIGURES}/{{experiment}}/training_curves.png",
             caption="../report/curves.rst",
             category="Training curves",
             subcategory="{experiment}",
@@ -71,7 +158,7 @@ rule curves_figure:
     conda:
         "../envs/pcam.yaml"
     params:
-        code=code("pcam.report"),
+        code=code("pcam.report.figures"),
     shell:
         "pcam --log-file {log} figure curves --curves {input.curves} --out {output}"
 
@@ -81,10 +168,10 @@ rule gallery_figure:
         cams=lambda w: shard_dirs(w.experiment, "cams", DATA["train_split"]),
         rw=lambda w: shard_dirs(w.experiment, "rw", DATA["train_split"]),
         pseudo=lambda w: shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"]),
-        deeplab=lambda w: shard_dirs(w.experiment, "deeplab_pred", DATA["eval_split"]),
+        ids=split_list(DATA["eval_split"]),
     output:
         report(
-            f"{RESULTS}/figures/{{experiment}}/gallery.png",
+            f"{FIGURES}/{{experiment}}/gallery.html",
             caption="../report/gallery.rst",
             category="Gallery",
             subcategory="{experiment}",
@@ -99,8 +186,40 @@ rule gallery_figure:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
         n_images=6,
-        code=code("pcam.report"),
+        title=lambda w: f"{w.experiment}: CAM, random walk and pseudo-labels (training images)",
+        code=code("pcam.report.gallery"),
     shell:
         "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
-        " --split {params.split} --n-images {params.n_images} --cams {input.cams}"
-        " --rw {input.rw} --pseudo {input.pseudo} --deeplab {input.deeplab} --out {output}"
+        " --split {params.split} --n-images {params.n_images} --title {params.title:q}"
+        " --cams {input.cams} --rw {input.rw} --pseudo {input.pseudo} --out {output}"
+
+
+# DeepLab's gallery shows the val predictions that eval_deeplab scores: no inference of its own.
+rule val_gallery_figure:
+    input:
+        deeplab=lambda w: shard_dirs(w.experiment, "deeplab_pred", DATA["val_split"]),
+        crf=lambda w: shard_dirs(w.experiment, "deeplab_pred_crf", DATA["val_split"]),
+        ids=split_list(DATA["val_split"]),
+    output:
+        report(
+            f"{FIGURES}/{{experiment}}/gallery_val.html",
+            caption="../report/gallery_val.rst",
+            category="Gallery",
+            subcategory="{experiment}",
+        ),
+    log:
+        f"{LOGS}/{{experiment}}/val_gallery_figure.log",
+    benchmark:
+        f"{LOGS}/benchmarks/{{experiment}}/val_gallery_figure.tsv"
+    conda:
+        "../envs/pcam.yaml"
+    params:
+        dataset=DATASET_JSON,
+        split=DATA["val_split"],
+        n_images=6,
+        title=lambda w: f"{w.experiment}: DeepLab on the val images (as scored)",
+        code=code("pcam.report.gallery"),
+    shell:
+        "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
+        " --split {params.split} --n-images {params.n_images} --title {params.title:q}"
+        " --deeplab {input.deeplab} --deeplab-crf {input.crf} --out {output}"
