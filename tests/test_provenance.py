@@ -96,7 +96,8 @@ def test_a_failed_job_leaves_no_record(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "_train_deeplab", fail)
     model = tmp_path / "model.pt"
     argv = ["train-deeplab", "--dataset", '{"root": "x"}', "--settings", "{}", "--compute",
-            json.dumps(COMPUTE), "--out-model", str(model), "--out-curve", "c", "--state-dir", "s"]  # fmt: skip
+            json.dumps(COMPUTE), "--out-model", str(model), "--out-curve", "c",
+            "--state-dir", "s"]  # fmt: skip
     assert cli.main(argv) == 2
     assert not provenance.record_path(model).exists()
 
@@ -104,8 +105,8 @@ def test_a_failed_job_leaves_no_record(tmp_path, monkeypatch):
 def _record(folder: Path, name: str, started: str, finished: str, **extra) -> Path:
     output = folder / name
     output.mkdir(parents=True, exist_ok=True)
-    record = {"output": str(output), "started": started, "finished": finished,
-              "device": "cpu", "precision": "fp32", "commit": "abc", "dirty": False, **extra}  # fmt: skip
+    record = {"output": str(output), "started": started, "finished": finished, "device": "cpu",
+              "precision": "fp32", "commit": "abc", "dirty": False, **extra}  # fmt: skip
     path = provenance.record_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
@@ -114,7 +115,8 @@ def _record(folder: Path, name: str, started: str, finished: str, **extra) -> Pa
 
 def test_experiment_provenance_gathers_the_jobs_that_made_its_outputs(tmp_path):
     exp = tmp_path / "results" / "puzzle"
-    _record(exp / "classifier", "model.pt", "2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")
+    t0, t1 = "2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00"
+    _record(exp / "classifier", "model.pt", t0, t1)
     _record(exp / "cams" / "train", "shard-0-of-2", "2026-01-01T10:06:00+00:00",
             "2026-01-01T10:07:00+00:00", device="cuda", precision="fp16")  # fmt: skip
     gone = _record(exp / "cams" / "train", "shard-0-of-4", "2026-01-01T09:00:00+00:00", "x")

@@ -17,7 +17,6 @@ from pcam.data.voc import VOC_CLASSES, DatasetSpec, gt_mask, read_split
 from pcam.errors import DataError
 from pcam.io import save_label_png, save_scores
 from pcam.report import figures, gallery
-from pcam.report.summary_page import write_summary_pages
 from pcam.summary import read_summary_csv
 from tests.test_summary import FULL, SPLITS, WEAK, _results
 
