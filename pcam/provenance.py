@@ -174,6 +174,20 @@ def read_run_records(experiment_dir: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- per experiment
 
 
+def resolved_settings(cfg: Mapping[str, Any], experiment: str) -> dict[str, Any]:
+    """An experiment's supervision, dataset, compute and evaluation settings, and the merged
+    settings of every stage section it runs (what `provenance.json` records)."""
+    from pcam.config import stage_settings
+    from pcam.pipeline import stage_sections
+
+    supervision = cfg["experiments"][experiment]["supervision"]
+    resolved = {"supervision": supervision}
+    resolved.update({key: cfg[key] for key in ("dataset", "compute", "evaluation")})
+    for section in stage_sections(supervision):
+        resolved[section] = stage_settings(dict(cfg), experiment, section)
+    return resolved
+
+
 def experiment_provenance(
     experiment: str, settings: Mapping[str, Any], experiment_dir: Path
 ) -> dict[str, Any]:

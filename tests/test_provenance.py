@@ -162,3 +162,16 @@ def test_unreadable_provenance_and_records_name_the_file(tmp_path):
     (runs / "y.json").write_text("[")
     with pytest.raises(DataError, match=r"y\.json: unreadable run record"):
         provenance.read_run_records(tmp_path / "e")
+
+
+def test_resolved_settings_hold_each_stage_the_experiment_runs():
+    from pcam.config import load_config, stage_settings
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "config" / "config.yaml")
+    weak = provenance.resolved_settings(cfg, "baseline")
+    full = provenance.resolved_settings(cfg, "full")
+    assert weak["classifier"] == stage_settings(cfg, "baseline", "classifier")
+    assert weak["classifier"]["loss_terms"] == ["cls"]  # the experiment's override, merged
+    assert set(full) == {"supervision", "dataset", "compute", "evaluation", "deeplab",
+                         "deeplab_inference"}  # fmt: skip
+    assert weak["supervision"] == "weak" and full["supervision"] == "full"

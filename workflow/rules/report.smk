@@ -1,30 +1,9 @@
 """The results a user reads: provenance, the summary table, report pages and figures."""
 
-from pcam.pipeline import stage_sections, trained_sections
+from pcam.pipeline import trained_sections
+from pcam.provenance import resolved_settings
 
 FIGURES = f"{RESULTS}/figures"
-
-
-def provenance_settings(w):
-    """The experiment's resolved settings of every stage it runs, as JSON."""
-    supervision = config["experiments"][w.experiment]["supervision"]
-    resolved = {
-        "supervision": supervision,
-        "dataset": DATA,
-        "compute": config["compute"],
-        "evaluation": config["evaluation"],
-    }
-    for section in stage_sections(supervision):
-        resolved[section] = stage_settings(config, w.experiment, section)
-    return json.dumps(resolved, sort_keys=True)
-
-
-def test_predictions(w):
-    """The experiment's test-split prediction shards, when the dataset has a test split."""
-    if not DATA["test_split"]:
-        return []
-    return shard_dirs(w.experiment, "deeplab_pred", DATA["test_split"])
-
 
 # What `rule all` asks for from this file.
 REPORT_TARGETS = [
@@ -42,7 +21,11 @@ REPORT_TARGETS = [
 rule provenance:
     input:
         evals=lambda w: eval_csvs(w.experiment),
-        test=test_predictions,
+        test=lambda w: (
+            shard_dirs(w.experiment, "deeplab_pred", DATA["test_split"])
+            if DATA["test_split"]
+            else []
+        ),
     output:
         f"{RESULTS}/{{experiment}}/provenance.json",
     log:
@@ -52,7 +35,9 @@ rule provenance:
     conda:
         "../envs/pcam.yaml"
     params:
-        settings=provenance_settings,
+        settings=lambda w: json.dumps(
+            resolved_settings(config, w.experiment), sort_keys=True
+        ),
         dir=lambda w: f"{RESULTS}/{w.experiment}",
         code=code("pcam.provenance"),
     shell:
