@@ -105,9 +105,9 @@ def test_summary_page_and_landing_fragment(summary_csv, tmp_path):
     text, short = page.read_text(), fragment.read_text()
     cam = summary[(summary["experiment"] == "puzzle") & (summary["stage"] == "cam")].iloc[0]
     for html_text in (text, short):
-        assert f"<td>{cam['miou']}</td>" in html_text
+        assert f'<td style="text-align: right">{cam["miou"]}</td>' in html_text
         assert "commit: c0ffee (baseline, full, puzzle)" in html_text
-        assert "<td>51.53</td>" in html_text  # the paper's value beside ours
+        assert ">51.53</td>" in html_text  # the paper's value beside ours
     assert "GT-chosen best" in text and f"{cam['best_miou']} @{cam['best_threshold']}" in text
     assert "weak/full" in text and "weak/full" in short
     assert "GT-chosen best" not in short  # the landing table keeps the main numbers only

@@ -21,7 +21,8 @@ from pcam.errors import DataError  # noqa: E402
 from pcam.io import atomic_path  # noqa: E402
 from pcam.pipeline import stage_order, train_stage_names  # noqa: E402
 
-MAX_WIDTH_PX, MAX_HEIGHT_PX = 980, 940
+# The pane of a 1,400 x 1,000 window is about 1,050 x 860 px (navbar and browser chrome aside).
+MAX_WIDTH_PX, MAX_HEIGHT_PX = 980, 780
 DPI = 100
 CLASSES_PER_ROW = 11  # per-class chart: more classes wrap onto further rows (VOC: 2 rows)
 ABSENT_MARK = "x"
@@ -113,7 +114,7 @@ def _read_curve(path: Path) -> pd.DataFrame:
 
 def curves_figure(curves: Sequence[Path], out: Path) -> None:
     """One panel per training stage, stacked: loss terms (left axis), learning rate (right)."""
-    fig, axes = _figure(MAX_WIDTH_PX, 60 + 270 * len(curves), nrows=len(curves))
+    fig, axes = _figure(MAX_WIDTH_PX, 60 + 240 * len(curves), nrows=len(curves))
     for ax, path in zip(axes[:, 0], curves, strict=True):
         data = _read_curve(Path(path))
         ax.set_title(Path(path).parent.name, fontsize="medium")

@@ -123,13 +123,15 @@ def gallery_page(
         f"<th{' class=id' if i == 0 else ''}>{html.escape(t)}</th>" for i, t in enumerate(titles)
     )
     rows = "\n".join(_row(spec, columns, i, masks[i]) for i in ids)
+    note = (
+        f"{len(ids)} images of split <code>{html.escape(split)}</code>, chosen so that every "
+        "class of its masks appears at least once."
+    )
+    if any(c.score_key for c in columns):
+        note += " Heat maps: the strongest class score per pixel (blue 0, red 1) over the image."
     body = (
-        f"<h1>{html.escape(title)}</h1>\n"
-        f'<p class="note">{len(ids)} images of split <code>{html.escape(split)}</code>, chosen '
-        "so that every class of its masks appears at least once. Heat maps: the strongest "
-        "class score per pixel (blue 0, red 1) over the image.</p>\n"
-        f'{legend(spec)}\n<table class="gallery"><thead><tr>{head}</tr></thead>\n'
-        f"<tbody>\n{rows}\n</tbody></table>"
+        f'<h1>{html.escape(title)}</h1>\n<p class="note">{note}</p>\n{legend(spec)}\n'
+        f'<table class="gallery"><thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>'
     )
     return page(title, body)
 

@@ -24,7 +24,6 @@ p.note { color: #475569; max-width: 60em; }
 table.data { border-collapse: collapse; }
 table.data th, table.data td { padding: 3px 10px; border-bottom: 1px solid #e2e8f0;
   text-align: right; white-space: nowrap; }
-table.data th:nth-child(-n+3), table.data td:nth-child(-n+3) { text-align: left; }
 table.data thead th { background: #f1f5f9; }
 table.gallery { border-collapse: collapse; table-layout: fixed; width: 100%; }
 table.gallery th { position: sticky; top: 0; background: #fff; z-index: 1; padding: 4px;
@@ -95,6 +94,17 @@ def legend(spec: DatasetSpec) -> str:
     return f'<ul class="legend">{items}</ul>'
 
 
-def table(frame: pd.DataFrame) -> str:
-    """A data table of a frame of strings (header escaped, cells escaped)."""
-    return frame.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
+def table(frame: pd.DataFrame, text_columns: int = 2) -> str:
+    """A data table of a frame of strings, escaped; the first `text_columns` columns left-aligned,
+    the numbers right-aligned (inline styles, so it also reads right inside another page)."""
+
+    def cells(tag: str, values) -> str:
+        return "".join(
+            f'<{tag} style="text-align: {"left" if i < text_columns else "right"}">'
+            f"{html.escape(str(v))}</{tag}>"
+            for i, v in enumerate(values)
+        )
+
+    head = f"<thead><tr>{cells('th', frame.columns)}</tr></thead>"
+    rows = "".join(f"<tr>{cells('td', row)}</tr>" for row in frame.itertuples(index=False))
+    return f'<table class="data">{head}<tbody>{rows}</tbody></table>'

@@ -31,7 +31,7 @@ def fragment(summary: pd.DataFrame) -> str:
     """HTML (no document shell) of the compact table, its commit line and a pointer."""
     return (
         '<div class="pcam-summary">\n<h2>Summary</h2>\n'
-        f"<p><code>{html.escape(commits_line(summary))}</code></p>\n"
+        f"<p>{html.escape(commits_line(summary))}</p>\n"
         f"{table(compact_frame(summary))}\n"
         "<p>mIoU in percent; every column, the GT-chosen thresholds and the Table-2 chart: "
         "<i>Summary</i> in the menu.</p>\n</div>\n"
@@ -44,7 +44,7 @@ def summary_page(summary: pd.DataFrame, chart_png: bytes) -> str:
         "<h1>Summary</h1>\n"
         f"<p><code>{html.escape(commits_line(summary))}</code> "
         "(each experiment's <code>results/{experiment}/provenance.json</code>)</p>\n"
-        f"{table(display_frame(summary))}\n"
+        f"{table(display_frame(summary), text_columns=3)}\n"
         f'<p class="note">{html.escape(DISPLAY_NOTES)}</p>\n'
         "<h2>CAM, +RW, +dCRF (paper Table 2)</h2>\n"
         f"{file_img_tag(chart_png, 'Table-2-style chart')}\n"
