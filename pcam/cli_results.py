@@ -113,6 +113,11 @@ def _figure(a: argparse.Namespace) -> int:
 
 def add_commands(add: Add) -> None:
     """Add the results sub-commands through `add(name, handler, help)` (see `build_parser`)."""
+    _add_summary_commands(add)
+    _add_report_commands(add)
+
+
+def _add_summary_commands(add: Add) -> None:
     from pcam.cli import _json
 
     p = add("summarize", _summarize, "collect evaluation CSVs into results/summary.csv")
@@ -141,6 +146,10 @@ def add_commands(add: Add) -> None:
 
     p = add("show-summary", _show_summary, "print results/summary.csv as a readable table")
     p.add_argument("summary", help="summary CSV (results/summary.csv)")
+
+
+def _add_report_commands(add: Add) -> None:
+    from pcam.cli import _json
 
     p = add("summary-page", _summary_page, "the report's summary page and Table-2 chart")
     p.add_argument("--summary", required=True, help="summary CSV (results/summary.csv)")
