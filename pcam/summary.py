@@ -184,6 +184,12 @@ DISPLAY_NOTES = (
 )
 
 
+def _best(summary: pd.DataFrame) -> pd.Series:
+    """The GT-chosen best as "miou @threshold" on rows with a sweep, "" elsewhere."""
+    joined = summary["best_miou"] + " @" + summary["best_threshold"]
+    return joined.where(summary["best_miou"] != "", "")
+
+
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The human-readable table of a summary read by `read_summary_csv` (string cells).
 
@@ -208,12 +214,6 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return view.drop(columns=[c for c in optional if (view[c] == "").all()])
 
 
-def _best(summary: pd.DataFrame) -> pd.Series:
-    """The GT-chosen best as "miou @threshold" on rows with a sweep, "" elsewhere."""
-    joined = summary["best_miou"] + " @" + summary["best_threshold"]
-    return joined.where(summary["best_miou"] != "", "")
-
-
 def pivot_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Experiments x the weak experiments' stages (mIoU, string cells); a fully supervised row's
     stages sit under their weak counterparts; score-map stages add the GT-chosen best."""
@@ -233,9 +233,22 @@ def commits_line(summary: pd.DataFrame) -> str:
     return "commit: " + "; ".join(parts)
 
 
+def fixed_width(frame: pd.DataFrame, text_columns: int = 3) -> str:
+    """A frame of strings as aligned text: the first `text_columns` left, the numbers right."""
+    rows = [list(frame.columns), *(list(r) for r in frame.itertuples(index=False))]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(frame.columns))]
+    return "\n".join(
+        "  ".join(
+            str(v).ljust(w) if i < text_columns else str(v).rjust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
 def render_text(summary: pd.DataFrame) -> str:
     """The fixed-width table `pcam show-summary` prints (and `make demo` at its end)."""
-    table = display_frame(summary).to_string(index=False, justify="left")
+    table = fixed_width(display_frame(summary))
     return f"{table}\n\n{commits_line(summary)}\n{DISPLAY_NOTES}"
 
 
