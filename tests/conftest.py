@@ -119,5 +119,5 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Project:
     may edit code only to restore it.
     """
     project = make_project(tmp_path_factory.mktemp("e2e"), git=True)
-    project.run("--cores", "2")
+    project.run("--cores", "2", timeout=3600)  # a bound for a loaded machine, not a target
     return project
