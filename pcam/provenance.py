@@ -107,18 +107,21 @@ def record_path(output: str | os.PathLike) -> Path:
 
 
 def device_facts(compute: Mapping[str, Any]) -> dict[str, Any]:
-    """Device and precision a job of these compute settings runs with (`pcam.devices` policy).
+    """Device and precision of the job that ran in this process, called once it is done.
 
-    Imports torch: call it only from jobs that already use it.
+    The device is CUDA exactly when the job initialised CUDA in this process (whatever chose
+    it); the precision is `pcam.devices.autocast_dtype`'s policy for that device. Imports torch:
+    call it only from jobs that already use it.
     """
     import torch
 
-    from pcam.devices import autocast_dtype, choose_device
+    from pcam.devices import autocast_dtype
 
-    device = choose_device()
+    used_cuda = torch.cuda.is_initialized()
+    device = torch.device("cuda" if used_cuda else "cpu")
     dtype = autocast_dtype(device, compute["mixed_precision"])
     names = []
-    if device.type == "cuda":
+    if used_cuda:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "device": device.type,

@@ -175,3 +175,18 @@ def test_resolved_settings_hold_each_stage_the_experiment_runs():
     assert set(full) == {"supervision", "dataset", "compute", "evaluation", "deeplab",
                          "deeplab_inference"}  # fmt: skip
     assert weak["supervision"] == "weak" and full["supervision"] == "full"
+
+
+def test_a_job_that_used_cuda_records_the_gpu_and_fp16(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a simulated GPU job
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Simulated GPU {i}")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    facts = provenance.device_facts({**COMPUTE, "gpus_per_job": 2})
+    assert facts == {
+        "device": "cuda", "device_names": ["Simulated GPU 0", "Simulated GPU 1"],
+        "precision": "fp16", "world_size": 2, "gpus_per_job": 2,
+    }  # fmt: skip
+    assert provenance.device_facts({**COMPUTE, "mixed_precision": "off"})["precision"] == "fp32"
