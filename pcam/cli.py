@@ -49,6 +49,13 @@ def _settings(args: argparse.Namespace, stage: str) -> dict:
     return validate_stage(stage, args.settings)
 
 
+def _compute(args: argparse.Namespace) -> dict:
+    """Validate the --compute JSON against the schema's `compute` section before anything runs."""
+    from pcam.config import validate_compute
+
+    return validate_compute(args.compute)
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -107,7 +114,7 @@ def _train_classifier(a: argparse.Namespace) -> int:
     train_classifier(
         _dataset(a),
         _settings(a, "classifier"),
-        compute=a.compute,
+        compute=_compute(a),
         out_model=Path(a.out_model),
         out_curve=Path(a.out_curve),
         state_dir=Path(a.state_dir),
@@ -121,7 +128,7 @@ def _make_cams(a: argparse.Namespace) -> int:
     make_cams(
         _dataset(a),
         _settings(a, "cams"),
-        compute=a.compute,
+        compute=_compute(a),
         model=Path(a.model),
         split=a.split,
         shard=a.shard,
@@ -153,7 +160,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
     train_affinitynet(
         _dataset(a),
         _settings(a, "affinitynet"),
-        compute=a.compute,
+        compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels],
         init_model=Path(a.init_from) if a.init_from else None,
         out_model=Path(a.out_model),
@@ -169,7 +176,7 @@ def _make_rw(a: argparse.Namespace) -> int:
     make_rw(
         _dataset(a),
         _settings(a, "rw"),
-        compute=a.compute,
+        compute=_compute(a),
         model=Path(a.model),
         cam_dirs=[Path(p) for p in a.cams],
         split=a.split,
@@ -202,7 +209,7 @@ def _train_deeplab(a: argparse.Namespace) -> int:
     train_deeplab(
         _dataset(a),
         _settings(a, "deeplab"),
-        compute=a.compute,
+        compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels] if a.labels else None,
         out_model=Path(a.out_model),
         out_curve=Path(a.out_curve),
@@ -217,7 +224,7 @@ def _infer_deeplab(a: argparse.Namespace) -> int:
     infer_deeplab(
         _dataset(a),
         _settings(a, "deeplab_inference"),
-        compute=a.compute,
+        compute=_compute(a),
         model=Path(a.model),
         split=a.split,
         shard=a.shard,
@@ -274,7 +281,7 @@ def _stage_args(p: argparse.ArgumentParser, *, compute: bool = True) -> None:
     p.add_argument("--dataset", type=_json, required=True, help="dataset settings (JSON)")
     p.add_argument("--settings", type=_json, required=True, help="stage settings (JSON)")
     if compute:
-        p.add_argument("--compute", type=_json, default={}, help="compute settings (JSON)")
+        p.add_argument("--compute", type=_json, required=True, help="compute settings (JSON)")
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
@@ -299,10 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo-data", _demo_data, "generate the procedural demo dataset in VOC layout")
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--n-train", type=int, default=160, help="images in train_aug")
-    p.add_argument("--n-val", type=int, default=48, help="images in val")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--n-train", type=int, required=True, help="images in train_aug")
+    p.add_argument("--n-val", type=int, required=True, help="images in val")
+    p.add_argument("--size", type=int, required=True, help="image side in pixels")
+    p.add_argument("--seed", type=int, required=True, help="generator seed")
     p.add_argument("--preview", help="also render a preview grid PNG here")
 
     p = add("check-data", _check_data, "validate a VOC-layout dataset before compute is spent")

@@ -59,7 +59,8 @@ def _args(root: Path, out: Path, **overrides) -> list[str]:
     )
     settings.update(overrides)
     settings = validate_stage("classifier", settings)
-    compute = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+    compute = load_config(ROOT / "config" / "config.yaml")["compute"]  # --compute is validated
+    compute.update(gpus_per_job=1, num_workers=0, mixed_precision="off")
     return [
         "--log-file", str(out / "train.log"), "train-classifier",
         "--dataset", json.dumps({"root": str(root)}), "--settings", json.dumps(settings),

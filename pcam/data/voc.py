@@ -65,6 +65,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 class DatasetSpec:
     """Where a VOC-layout dataset lives and what its classes are.
 
+    The folder and split defaults are the VOC devkit's own names (a fact of the format, for
+    callers that give a root alone); the pipeline always passes config's `dataset` section whole.
     `class_names[0]` is background; `palette` is (C, 3) uint8 with at least one row per class
     (extra rows are dropped). Split lists live at `root/split_dir/{name}.txt`.
     """
@@ -110,20 +112,23 @@ class DatasetSpec:
     def from_settings(cls, settings: dict[str, Any]) -> DatasetSpec:
         """Build from the `dataset` section of the config (unknown keys -> ConfigError).
 
-        Null `class_names`/`palette` come from `root/dataset.json` when it exists, else VOC 2012
+        The pipeline passes the whole section (the schema requires every key). A caller may
+        give `root` alone (`pcam check-data --root DIR`): the folder and split names then are the
+        VOC devkit's (the field defaults), and `class_names`/`palette` are null. Null
+        `class_names`/`palette` come from `root/dataset.json` when it exists, else VOC 2012
         (names) and the VOC colour map (palette).
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"dataset.{unknown[0]}: unknown key (known: {sorted(known)})")
-        if not settings.get("root"):
+        values = {"root": None, "class_names": None, "palette": None, **settings}
+        if not values["root"]:
             raise ConfigError("dataset.root: missing")
-        values = dict(settings)
         described = _read_description(Path(values["root"]) / "dataset.json")
-        if values.get("class_names") is None:
+        if values["class_names"] is None:
             values["class_names"] = described.get("class_names", VOC_CLASSES)
-        if values.get("palette") is None:
+        if values["palette"] is None:
             palette = described.get("palette")
             if palette is None or len(palette) < len(values["class_names"]):
                 palette = voc_palette(len(values["class_names"]))
