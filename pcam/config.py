@@ -44,9 +44,9 @@ def _declared(schema: dict) -> set[str]:
     return names
 
 
-def _messages(error: jsonschema.ValidationError) -> list[str]:
+def _messages(error: jsonschema.ValidationError, prefix: tuple[str, ...]) -> list[str]:
     """`key.path: problem` lines of one error; a missing or unknown key is named by its path."""
-    parts = [str(p) for p in error.absolute_path]
+    parts = [*prefix, *(str(p) for p in error.absolute_path)]
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return [f"{'.'.join([*parts, k])}: required key is missing" for k in missing]
@@ -58,10 +58,11 @@ def _messages(error: jsonschema.ValidationError) -> list[str]:
     return [f"{'.'.join(parts) or '(top level)'}: {error.message}"]
 
 
-def _validate(instance: Any, schema: dict, where: str) -> None:
+def _validate(instance: Any, schema: dict, where: str, prefix: tuple[str, ...] = ()) -> None:
+    """ConfigError listing (up to 10) problems of `instance`, each `where: key.path: problem`."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    lines = list(dict.fromkeys(line for e in errors for line in _messages(e)))
+    lines = list(dict.fromkeys(line for e in errors for line in _messages(e, prefix)))
     if lines:
         raise ConfigError(
             "invalid configuration\n  " + "\n  ".join(f"{where}: {x}" for x in lines[:10])
@@ -88,11 +89,8 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
         raise ConfigError(f"{where}: run_experiments: no such experiment(s) {sorted(unknown)}")
     for name in cfg["experiments"]:
         for stage in SECTIONS:
-            _validate(
-                stage_settings(cfg, name, stage),
-                _section_schema(stage),
-                f"{where}: experiments.{name}.{stage}",
-            )
+            merged = stage_settings(cfg, name, stage)
+            _validate(merged, _section_schema(stage), where, ("experiments", name, stage))
     return cfg
 
 
@@ -123,13 +121,13 @@ def _section_schema(section: str) -> dict:
 
 def validate_stage(stage: str, settings: dict) -> dict:
     """Validate one stage's merged settings (what a rule passes to `pcam ... --settings`)."""
-    _validate(settings, _section_schema(stage), f"--settings ({stage})")
+    _validate(settings, _section_schema(stage), "--settings", (stage,))
     return settings
 
 
 def validate_compute(compute: dict) -> dict:
     """Validate the `compute` section (what a rule passes to `pcam ... --compute`)."""
-    _validate(compute, _section_schema("compute"), "--compute")
+    _validate(compute, _section_schema("compute"), "--compute", ("compute",))
     return compute
 
 
