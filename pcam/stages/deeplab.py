@@ -112,7 +112,7 @@ def train_deeplab(
 def val_miou_fn(spec: DatasetSpec):
     """The official per-epoch selection score: single-scale, no flip, no CRF mIoU on the val
     split's ground truth (spec 8.2). Returns `score(model) -> mIoU in [0, 1]`."""
-    from pcam.evaluate import Scores, label_confusion
+    from pcam.metrics import Scores, label_confusion
 
     ids = read_split(spec, spec.val_split)
     masks = {i: gt_mask(spec, i) for i in ids}
