@@ -202,6 +202,17 @@ def _acquire(ids: list[str], n: int, lock_dir: Path) -> tuple[list[str], list[in
     return [], []
 
 
+def _lock_dir(given: Path | None) -> Path:
+    """The slot pool's lock directory (created): `given`, `PCAM_GPU_LOCK_DIR` or a per-user one."""
+    path = Path(
+        given
+        or os.environ.get(LOCK_DIR_ENV)
+        or Path(tempfile.gettempdir()) / f"pcam-gpu-slots-{os.getuid()}"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def gpu_slots(
     n: int,
@@ -239,12 +250,7 @@ def gpu_slots(
         return
     if n > len(ids):
         raise ConfigError(f"compute.gpus_per_job: {n} GPUs requested, this machine has {len(ids)}")
-    lock_dir = Path(
-        lock_dir
-        or os.environ.get(LOCK_DIR_ENV)
-        or Path(tempfile.gettempdir()) / f"pcam-gpu-slots-{os.getuid()}"
-    )
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir = _lock_dir(lock_dir)
     chosen, fds = _acquire(ids, n, lock_dir)
     if not fds:
         log.info("waiting for %d free GPU slot(s) of %s in %s", n, ids, lock_dir)
