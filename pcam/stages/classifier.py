@@ -9,7 +9,6 @@ loss closure with the alpha schedule, and hands them to the one training loop
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -34,11 +34,7 @@ _NOT_READ = frozenset({"palette", "eval_split", "test_split"})
 
 def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:
     """The dataset fields a training depends on (root, class names, folders, training splits)."""
-    return {
-        f.name: str(getattr(spec, f.name))
-        for f in fields(spec)
-        if f.name not in _NOT_READ
-    }
+    return {f.name: str(getattr(spec, f.name)) for f in fields(spec) if f.name not in _NOT_READ}
 
 
 def training_key(
