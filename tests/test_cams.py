@@ -104,7 +104,8 @@ def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
     save_model(tmp_path / "m.pt", "classifier", three, {"backbone": "resnet18"}, 3)
     with pytest.raises(DataError, match="3 classes"):
         make_cams(
-            spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute={"device": "cpu", "gpus_per_job": 0},
+            spec, {"scales": [1.0], "flip": False, "dtype": "float32"},
+            compute={"device": "cpu", "gpus_per_job": 0},
             model=tmp_path / "m.pt", split=spec.val_split, shard=0, num_shards=1,
             out_dir=tmp_path / "out",
         )  # fmt: skip
