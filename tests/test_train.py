@@ -70,7 +70,8 @@ def _args(root: Path, out: Path, **overrides) -> list[str]:
     )
     settings.update(overrides)
     settings = validate_stage("classifier", settings)
-    compute = {"device": "auto", "gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+    compute = load_config(ROOT / "config" / "config.yaml")["compute"]  # --compute is validated
+    compute.update(gpus_per_job=1, num_workers=0, mixed_precision="off")
     manifest = out.parent / "manifest.tsv"  # what the workflow passes: the dataset's fingerprint
     manifest.write_text("one line per dataset file\n")
     return [
