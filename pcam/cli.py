@@ -42,6 +42,18 @@ def _dataset(args: argparse.Namespace):
     return DatasetSpec.from_settings(settings)
 
 
+def _job(args: argparse.Namespace):
+    """Where a training writes (--out-model, --out-curve, --state-dir, --state-inputs)."""
+    from pcam.train import TrainingJob
+
+    return TrainingJob(
+        Path(args.out_model),
+        Path(args.out_curve),
+        Path(args.state_dir),
+        tuple(Path(p) for p in args.state_inputs),
+    )
+
+
 def _settings(args: argparse.Namespace, stage: str) -> dict:
     """Validate a stage's --settings JSON against its schema section before anything runs."""
     from pcam.config import validate_stage
@@ -111,14 +123,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 def _train_classifier(a: argparse.Namespace) -> int:
     from pcam.stages.classifier import train_classifier
 
-    train_classifier(
-        _dataset(a),
-        _settings(a, "classifier"),
-        compute=_compute(a),
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
-    )
+    train_classifier(_dataset(a), _settings(a, "classifier"), compute=_compute(a), job=_job(a))
     return 0
 
 
@@ -163,9 +168,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
         compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels],
         init_model=Path(a.init_from) if a.init_from else None,
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
+        job=_job(a),
     )
     return 0
 
@@ -211,9 +214,7 @@ def _train_deeplab(a: argparse.Namespace) -> int:
         _settings(a, "deeplab"),
         compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels] if a.labels else None,
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
+        job=_job(a),
     )
     return 0
 
@@ -288,6 +289,14 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-model", required=True, help="final model file (declared output)")
     p.add_argument("--out-curve", required=True, help="training-curve CSV (declared output)")
     p.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")
+    p.add_argument(
+        "--state-inputs",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files or directories whose content also keys the resumable state "
+        "(e.g. the dataset manifest): a change starts the training from step 0",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

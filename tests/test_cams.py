@@ -77,7 +77,7 @@ def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
     model = Classifier("resnet18", spec.num_classes - 1)
     save_model(tmp_path / "model.pt", "classifier", model, {"backbone": "resnet18"}, 8)
     settings = {"scales": [0.5, 1.0], "flip": True, "dtype": "float16"}
-    compute = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+    compute = {"device": "auto", "gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
     out = tmp_path / "cams"
     kwargs = dict(compute=compute, model=tmp_path / "model.pt", split=spec.train_split)
     make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
@@ -104,7 +104,8 @@ def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
     save_model(tmp_path / "m.pt", "classifier", three, {"backbone": "resnet18"}, 3)
     with pytest.raises(DataError, match="3 classes"):
         make_cams(
-            spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute={},
+            spec, {"scales": [1.0], "flip": False, "dtype": "float32"},
+            compute={"device": "cpu", "gpus_per_job": 0},
             model=tmp_path / "m.pt", split=spec.val_split, shard=0, num_shards=1,
             out_dir=tmp_path / "out",
         )  # fmt: skip

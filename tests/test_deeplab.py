@@ -24,10 +24,11 @@ from pcam.stages.deeplab import (
     segmentation_loss,
     train_deeplab,
 )
+from pcam.train import TrainingJob
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {"gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
+COMPUTE = {"device": "cpu", "gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
 
 
 def _settings(stage: str = "deeplab", **overrides) -> dict:
@@ -184,14 +185,14 @@ def test_dataset_reads_pseudo_labels_or_ground_truth(spec, tmp_path):
     dirs = _pseudo_label_dirs(spec, tmp_path, ids)
     pseudo = SegmentationDataset(spec, ids, _settings(resize_range=[64, 64], crop_size=64), 0, dirs)
     truth = SegmentationDataset(spec, ids, _settings(resize_range=[64, 64], crop_size=64), 0, None)
-    a, b = pseudo[5], truth[5]
+    a, b = pseudo[0, 5], truth[0, 5]  # (epoch, index)
     assert a["image"].shape == (3, 64, 64) and a["mask"].shape == (64, 64)
     assert a["mask"].dtype == torch.int64 and torch.equal(a["image"], b["image"])
     # same augmentation, different label sources: shifted foreground, identical background/void
     fg = (b["mask"] > 0) & (b["mask"] < 255)
     assert fg.any() and torch.equal(a["mask"][~fg], b["mask"][~fg])
     assert torch.equal(a["mask"][fg], b["mask"][fg] % (spec.num_classes - 1) + 1)
-    assert torch.equal(pseudo[5]["mask"], a["mask"])  # reproducible per (seed, epoch, index)
+    assert torch.equal(pseudo[0, 5]["mask"], a["mask"])  # reproducible per (seed, epoch, index)
 
 
 def test_dataset_refuses_bad_labels(spec, tmp_path):
@@ -203,9 +204,9 @@ def test_dataset_refuses_bad_labels(spec, tmp_path):
     save_label_png(tmp_path / f"{ids[1]}.png", np.full(image.shape[:2], 40, np.uint8), spec.palette)
     dataset = SegmentationDataset(spec, ids, _settings(), 0, [tmp_path])
     with pytest.raises(DataError, match="differs from the image"):
-        dataset[0]
+        dataset[0, 0]
     with pytest.raises(DataError, match="label 40 is not a class index"):
-        dataset[1]
+        dataset[0, 1]
 
 
 # --------------------------------------------------------------------------- stages
@@ -215,22 +216,21 @@ def test_select_with_val_writes_the_best_epoch_and_logs_every_score(spec, tmp_pa
     from pcam.models import load_model
     from pcam.stages.deeplab import val_miou_fn
 
-    train_deeplab(
-        spec,
-        _settings(select_with_val=True, epochs=3, lr=0.05),
-        compute=COMPUTE,
-        label_dirs=None,
-        out_model=tmp_path / "m.pt",
-        out_curve=tmp_path / "c.csv",
-        state_dir=tmp_path / "s",
-    )
-    rows = (tmp_path / "c.csv").read_text().splitlines()
+    model = _train(spec, tmp_path, None, select_with_val=True, epochs=3, lr=0.05)
+    rows = (tmp_path / "curve.csv").read_text().splitlines()
     column = rows[0].split(",").index("selection_score")
     scores = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert len(scores) == 3  # one per epoch
-    written = val_miou_fn(spec)(load_model(tmp_path / "m.pt"))
+    written = val_miou_fn(spec)(load_model(model))
     assert written == pytest.approx(max(scores), abs=1e-9)
-    assert not (tmp_path / "s" / "best.pt").exists()
+    assert not (tmp_path / "state" / "best.pt").exists()
+
+
+def _train(spec: DatasetSpec, root: Path, label_dirs: list[Path] | None, **overrides) -> Path:
+    """Train a tiny DeepLab writing under `root`; returns its model file."""
+    job = TrainingJob(root / "model.pt", root / "curve.csv", root / "state")
+    train_deeplab(spec, _settings(**overrides), compute=COMPUTE, label_dirs=label_dirs, job=job)
+    return job.out_model
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +239,9 @@ def trained(spec, tmp_path_factory) -> Path:
     pytest.importorskip("pcam.train")
     tmp = tmp_path_factory.mktemp("deeplab")
     dirs = _pseudo_label_dirs(spec, tmp / "labels", read_split(spec, spec.train_split))
-    train_deeplab(
-        spec,
-        _settings(),
-        compute=COMPUTE,
-        label_dirs=dirs,
-        out_model=tmp / "model.pt",
-        out_curve=tmp / "curve.csv",
-        state_dir=tmp / "state",
-    )
+    model = _train(spec, tmp, dirs)
     assert (tmp / "curve.csv").read_text().strip()
-    return tmp / "model.pt"
+    return model
 
 
 def test_train_deeplab_writes_a_loadable_model(spec, trained):
@@ -264,16 +256,7 @@ def test_train_deeplab_fully_supervised(spec, tmp_path):
     pytest.importorskip("pcam.train")
     from pcam.models import load_model
 
-    train_deeplab(
-        spec,
-        _settings(),
-        compute=COMPUTE,
-        label_dirs=None,
-        out_model=tmp_path / "model.pt",
-        out_curve=tmp_path / "curve.csv",
-        state_dir=tmp_path / "state",
-    )
-    assert isinstance(load_model(tmp_path / "model.pt"), DeepLabV3Plus)
+    assert isinstance(load_model(_train(spec, tmp_path, None)), DeepLabV3Plus)
 
 
 def _infer(

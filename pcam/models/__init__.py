@@ -1,7 +1,8 @@
 """Model files: one format for every trained network (classifier, AffinityNet, DeepLab).
 
 A model file is `torch.save` of a plain dict {kind, settings, num_classes, state_dict}: tensors,
-strings and numbers only, so `torch.load(weights_only=True)` reads it. `load_model` rebuilds the
+strings and numbers only, so `torch.load(weights_only=True)` reads it. Identical weights and
+settings give identical file bytes (`save_torch`). `load_model` rebuilds the
 network from `settings` with `pretrained=False` (loading never downloads) and loads the weights.
 """
 
@@ -29,6 +30,16 @@ MODEL_KINDS: dict[str, tuple[str, str]] = {
 _REQUIRED_KEYS = frozenset({"kind", "settings", "num_classes", "state_dict"})
 
 
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj)` to `path`, atomically, with no incidental bytes.
+
+    Saved through an open file, not a path: given a path, torch names the archive's records
+    after the file, and the atomic write's temporary name is random.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def _model_class(kind: str) -> Any:
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r} (known: {sorted(MODEL_KINDS)})")
@@ -47,8 +58,7 @@ def save_model(
         "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_model(
@@ -83,4 +93,4 @@ def load_model(
     return model.to(map_location).eval()
 
 
-__all__ = ["MODEL_KINDS", "load_model", "save_model"]
+__all__ = ["MODEL_KINDS", "load_model", "save_model", "save_torch"]

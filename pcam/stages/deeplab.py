@@ -29,9 +29,11 @@ from pcam.io import (
     save_label_png,
     shard_ids,
 )
-from pcam.models import load_model, save_model
+from pcam.models import load_model
 from pcam.models.deeplab import DeepLabV3Plus
 from pcam.segment import multiscale_probs
+from pcam.stages.training import train_network
+from pcam.train import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -65,48 +67,30 @@ def train_deeplab(
     *,
     compute: dict[str, Any],
     label_dirs: list[Path] | None,
-    out_model: Path,
-    out_curve: Path,
-    state_dir: Path,
+    job: TrainingJob,
 ) -> None:
-    """Train on `spec.train_split` and write `out_model` (kind "deeplab") and `out_curve`.
+    """Train on `spec.train_split` and write `job.out_model` (kind "deeplab") and the curve.
 
     label_dirs: pseudo-label shard directories, or None for the ground-truth masks.
     The model is the one at the last step (spec 15.3), or with `select_with_val` the epoch with
     the best single-scale val mIoU (the official selection: a diagnostic that looks at the
     split it is later scored on, spec 8.2).
     """
-    from pcam.train import fit
-
     ids = read_split(spec, spec.train_split)
     dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
     torch.manual_seed(settings["seed"])  # the head's (and a random backbone's) initial weights
     model = DeepLabV3Plus.from_settings(settings, spec.num_classes)
     log.info(
         "deeplab: %s, %d images of %s, labels: %s",
-        settings["backbone"],
-        len(dataset),
-        spec.train_split,
+        settings["backbone"], len(dataset), spec.train_split,
         "ground truth (fully supervised)" if label_dirs is None else f"{len(label_dirs)} dirs",
-    )
-
-    def save_fn(trained: nn.Module, path: Path) -> None:
-        save_model(path, "deeplab", trained, settings, spec.num_classes)
-
-    fit(
-        model,
-        loss_fn,
-        dataset,
-        model.parameter_groups(),
-        settings,
-        compute,
-        out_model=out_model,
-        out_curve=out_curve,
-        state_dir=state_dir,
-        save_fn=save_fn,
-        sync_bn=settings.get("norm", "frozen") == "bn",
-        select_fn=val_miou_fn(spec) if settings.get("select_with_val") else None,
-    )
+    )  # fmt: skip
+    train_network(
+        "deeplab", spec, settings, compute, job,
+        model=model, loss_fn=loss_fn, dataset=dataset, num_classes=spec.num_classes,
+        inputs=label_dirs or [], sync_bn=settings["norm"] == "bn",
+        select_fn=val_miou_fn(spec) if settings["select_with_val"] else None,
+    )  # fmt: skip
 
 
 def val_miou_fn(spec: DatasetSpec):
