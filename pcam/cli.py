@@ -77,6 +77,19 @@ def _check_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_coco(a: argparse.Namespace) -> int:
+    from pcam.data.coco import CocoPart, convert_coco
+
+    parts = [CocoPart(a.split, Path(a.annotations), Path(a.images))]
+    if bool(a.val_annotations) != bool(a.val_images):
+        raise PcamError("give both --val-annotations and --val-images, or neither")
+    if a.val_annotations:
+        parts.append(CocoPart(a.val_split, Path(a.val_annotations), Path(a.val_images)))
+    for report in convert_coco(Path(a.out), parts, workers=a.workers):
+        print(f"convert-coco: {report}")
+    return 0
+
+
 def _evaluate(a: argparse.Namespace) -> int:
     from pcam.evaluate import evaluate_predictions, write_csv
 
@@ -316,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="splits that must not hold images without labels (default: train, train_aug)",
     )
     p.add_argument("--report", help="CSV report of every problem found")
+
+    p = add("convert-coco", _convert_coco, "convert MS-COCO instance annotations to VOC layout")
+    p.add_argument("--annotations", required=True, help="instances_*.json of --split")
+    p.add_argument("--images", required=True, help="image folder of --split (e.g. train2014/)")
+    p.add_argument("--out", required=True, help="VOC-layout root to write")
+    p.add_argument("--split", default="train", help="split list name for --annotations")
+    p.add_argument("--val-annotations", help="instances_*.json of the validation split")
+    p.add_argument("--val-images", help="image folder of the validation split")
+    p.add_argument("--val-split", default="val", help="split list name for --val-annotations")
+    p.add_argument("--workers", type=int, default=1, help="processes rasterising masks")
 
     p = add("evaluate", _evaluate, "score label PNGs or score maps against ground truth")
     p.add_argument("--root", help="dataset root")
