@@ -90,6 +90,14 @@ def _convert_coco(a: argparse.Namespace) -> int:
     return 0
 
 
+def _import_checkpoint(a: argparse.Namespace) -> int:
+    from pcam.models.official import import_checkpoint
+
+    n = import_checkpoint(Path(a.official), a.kind, a.backbone, Path(a.out))
+    print(f"import-checkpoint: {n} tensors placed; pcam {a.kind} model written to {a.out}")
+    return 0
+
+
 def _evaluate(a: argparse.Namespace) -> int:
     from pcam.evaluate import evaluate_predictions, write_csv
 
@@ -339,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", help="image folder of the validation split")
     p.add_argument("--val-split", default="val", help="split list name for --val-annotations")
     p.add_argument("--workers", type=int, default=1, help="processes rasterising masks")
+
+    p = add("import-checkpoint", _import_checkpoint, "official Puzzle-CAM weights -> a pcam model")
+    p.add_argument("--official", required=True, help="state dict saved by the official code")
+    p.add_argument(
+        "--kind", required=True, choices=["classifier", "affinitynet", "deeplab"], help="network"
+    )
+    p.add_argument("--backbone", required=True, help="our timm name, e.g. resnet50, resnest101e")
+    p.add_argument("--out", required=True, help="pcam model file to write")
 
     p = add("evaluate", _evaluate, "score label PNGs or score maps against ground truth")
     p.add_argument("--root", help="dataset root")
