@@ -123,12 +123,18 @@ def validate_stage(stage: str, settings: dict) -> dict:
 
 
 def stage_settings(cfg: dict, experiment: str, stage: str) -> dict:
-    """Defaults of section `stage` deep-merged with the experiment's overrides of it."""
+    """Defaults of section `stage` deep-merged with the experiment's overrides of it.
+
+    `pretrained: true` becomes the `pretrained_dir` folder when that top-level key is set.
+    """
     try:
         exp = cfg["experiments"][experiment]
     except KeyError as exc:
         raise ConfigError(f"experiments.{experiment}: no such experiment") from exc
-    return deep_merge(cfg[stage], exp.get(stage, {}))
+    merged = deep_merge(cfg[stage], exp.get(stage, {}))
+    if "pretrained" in merged and merged["pretrained"] is True and cfg["pretrained_dir"]:
+        merged["pretrained"] = cfg["pretrained_dir"]  # one folder of offline weights for all
+    return merged
 
 
 def experiments(cfg: dict, supervision: str | None = None) -> list[str]:
