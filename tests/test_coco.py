@@ -8,15 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pcam.cli import main
+from pcam.config import load_config, stage_settings
 from pcam.data.check import check_dataset
 from pcam.data.coco import CocoPart, convert_coco
 from pcam.data.voc import DatasetSpec, image_labels, load_mask, read_split
 from pcam.errors import DataError
 
+ROOT = Path(__file__).resolve().parent.parent
 H, W = 30, 40  # every test image is 40x30 (WxH)
 # COCO's sparse ids, listed out of order on purpose: labels follow the sorted ids.
 CATEGORIES = [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]
@@ -193,3 +196,10 @@ def test_bad_input_names_the_file(tmp_path):
     part.annotations.write_text('{"images": [')
     with pytest.raises(DataError, match="instances_train.json: not valid JSON"):
         convert_coco(tmp_path / "out2", [part])
+
+
+def test_coco_config_validates_on_top_of_the_defaults():
+    coco = yaml.safe_load((ROOT / "config" / "coco.yaml").read_text())
+    cfg = load_config(ROOT / "config" / "config.yaml", coco)
+    assert stage_settings(cfg, "puzzle", "classifier")["backbone"] == "resnest101e"
+    assert cfg["dataset"]["train_split"] == "train"
