@@ -48,7 +48,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pcam.data.voc import DatasetSpec, voc_palette
+from pcam.data.voc import DatasetSpec, annotation_root, voc_palette
 from pcam.errors import DataError
 from pcam.io import IGNORE_INDEX, atomic_path, save_label_png, write_text
 
@@ -210,13 +210,7 @@ def kept_labels(anns: Iterable[dict], width: int, height: int) -> list[dict]:
 
 def annotation_xml(image_id: str, anns: Iterable[dict], width: int, height: int, names) -> str:
     """VOC XML of one image: an object per annotation, box = [x, y, x + w, y + h]."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "coco"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
+    root = annotation_root("coco", image_id, width, height)
     for ann in anns:
         x, y, w, h = (float(v) for v in ann["bbox"])
         node = ET.SubElement(root, "object")
