@@ -81,10 +81,11 @@ def _demo_data(a: argparse.Namespace) -> int:
 
 
 def _check_data(a: argparse.Namespace) -> int:
-    from pcam.data.check import check_dataset, write_report
+    from pcam.data.check import check_dataset, missing_training_masks, write_report
 
     spec = _dataset(a)
     problems = check_dataset(spec, a.split or None, training_splits=a.training_split)
+    problems += missing_training_masks(spec, a.require_masks or [])
     if a.report:
         write_report(problems, Path(a.report))
     for p in problems:
@@ -94,6 +95,37 @@ def _check_data(a: argparse.Namespace) -> int:
         return 1
     print(f"check-data: {spec.root} is consistent")
     return 0
+
+
+def _convert_coco(a: argparse.Namespace) -> int:
+    from pcam.data.coco import CocoPart, convert_coco
+
+    parts = [CocoPart(a.split, Path(a.annotations), Path(a.images))]
+    if bool(a.val_annotations) != bool(a.val_images):
+        raise PcamError("give both --val-annotations and --val-images, or neither")
+    if a.val_annotations:
+        parts.append(CocoPart(a.val_split, Path(a.val_annotations), Path(a.val_images)))
+    for report in convert_coco(Path(a.out), parts, workers=a.workers):
+        print(f"convert-coco: {report}")
+    return 0
+
+
+def _import_checkpoint(a: argparse.Namespace) -> int:
+    from pcam.models.official import import_checkpoint
+
+    n = import_checkpoint(Path(a.official), a.kind, a.backbone, Path(a.out))
+    print(f"import-checkpoint: {n} tensors placed; pcam {a.kind} model written to {a.out}")
+    return 0
+
+
+def _prepare_voc(a: argparse.Namespace) -> int:
+    from pcam.data.prepare_voc import SUPERVISIONS, prepare_voc, supervisions_of
+
+    chosen = supervisions_of([Path(p) for p in a.configfile]) if a.configfile else SUPERVISIONS
+    report = prepare_voc(Path(a.root), Path(a.sbd) if a.sbd else None, chosen, a.workers)
+    for line in report.lines():
+        print(f"prepare-voc: {line}")
+    return 0 if report.complete else 1
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -331,7 +363,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="splits that must not hold images without labels (default: train, train_aug)",
     )
+    p.add_argument(
+        "--require-masks",
+        action="append",
+        metavar="SPLIT",
+        help="every image of SPLIT needs a training mask (full supervision; repeatable)",
+    )
     p.add_argument("--report", help="CSV report of every problem found")
+
+    p = add("convert-coco", _convert_coco, "convert MS-COCO instance annotations to VOC layout")
+    p.add_argument("--annotations", required=True, help="instances_*.json of --split")
+    p.add_argument("--images", required=True, help="image folder of --split (e.g. train2014/)")
+    p.add_argument("--out", required=True, help="VOC-layout root to write")
+    p.add_argument("--split", default="train", help="split list name for --annotations")
+    p.add_argument("--val-annotations", help="instances_*.json of the validation split")
+    p.add_argument("--val-images", help="image folder of the validation split")
+    p.add_argument("--val-split", default="val", help="split list name for --val-annotations")
+    p.add_argument("--workers", type=int, default=1, help="processes rasterising masks")
+
+    p = add("prepare-voc", _prepare_voc, "add train_aug and SBD masks to a VOC 2012 tree")
+    p.add_argument("--root", required=True, help="VOCdevkit/VOC2012 folder")
+    p.add_argument("--sbd", help="SBD's dataset folder (cls/*.mat): SegmentationClassAug PNGs")
+    p.add_argument(
+        "--configfile",
+        action="append",
+        help="config files of the run (as for snakemake): report what its experiments lack",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes converting SBD masks")
+
+    p = add("import-checkpoint", _import_checkpoint, "official Puzzle-CAM weights -> a pcam model")
+    p.add_argument("--official", required=True, help="state dict saved by the official code")
+    p.add_argument(
+        "--kind", required=True, choices=["classifier", "affinitynet", "deeplab"], help="network"
+    )
+    p.add_argument("--backbone", required=True, help="our timm name, e.g. resnet50, resnest101e")
+    p.add_argument("--out", required=True, help="pcam model file to write")
 
     p = add("evaluate", _evaluate, "score label PNGs or score maps against ground truth")
     p.add_argument("--root", help="dataset root")

@@ -132,13 +132,19 @@ def validate_compute(compute: dict) -> dict:
 
 
 def stage_settings(cfg: dict, experiment: str, stage: str) -> dict:
-    """Defaults of section `stage` deep-merged with the experiment's overrides of it."""
+    """Defaults of section `stage` deep-merged with the experiment's overrides of it.
+
+    `pretrained: true` becomes the `pretrained_dir` folder when that top-level key is set.
+    """
     try:
         exp = cfg["experiments"][experiment]
     except KeyError as exc:
         raise ConfigError(f"experiments.{experiment}: no such experiment") from exc
     # An experiment overrides only the sections it names (schema: `experiment`).
-    return deep_merge(cfg[stage], exp.get(stage, {}))
+    merged = deep_merge(cfg[stage], exp.get(stage, {}))
+    if "pretrained" in merged and merged["pretrained"] is True and cfg["pretrained_dir"]:
+        merged["pretrained"] = cfg["pretrained_dir"]  # one folder of offline weights for all
+    return merged
 
 
 def experiments(cfg: dict, supervision: str | None = None) -> list[str]:

@@ -158,6 +158,27 @@ def check_dataset(
     return problems
 
 
+def missing_training_masks(spec: DatasetSpec, splits: list[str]) -> list[Problem]:
+    """One problem per image of `splits` without a SegmentationClassAug or SegmentationClass
+    mask: the fully supervised reference (`supervision: full`) trains on these masks."""
+    problems = []
+    for split in splits:
+        try:
+            ids = read_split(spec, split)
+        except DataError as exc:
+            path = spec.split_path(split)
+            problems.append(Problem(split, "", str(path), _reason(exc, path)))
+            continue
+        for image_id in ids:
+            if not any(spec.mask_path(image_id, aug).exists() for aug in (True, False)):
+                where = spec.mask_path(image_id, aug=True)
+                problems.append(
+                    Problem(split, image_id, str(where), "missing, and so is "
+                            f"{spec.mask_path(image_id)}: full supervision needs a mask")
+                )  # fmt: skip
+    return problems
+
+
 def write_report(problems: list[Problem], path: Path) -> None:
     """CSV with columns split,image_id,path,problem (header always), written atomically."""
     with atomic_path(path) as tmp:

@@ -207,6 +207,19 @@ def load_mask(path: str | Path) -> np.ndarray:
     return load_label_png(path)
 
 
+def annotation_root(folder: str, image_id: str, width: int, height: int) -> ET.Element:
+    """The `<annotation>` element of a VOC XML file up to its objects (folder, file name, size,
+    `segmented` 1); writers append one `<object>` per instance."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    return root
+
+
 def _box_side(box: ET.Element, low: str, high: str, limit: float, path: Path) -> float:
     """Extent of a box along one axis after clipping both ends to [0, limit]."""
     try:

@@ -65,14 +65,33 @@ def fix_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _pretrained_kwargs(pretrained: bool | str) -> dict:
-    """timm keyword arguments for False / True (hub) / a local weights file."""
-    if isinstance(pretrained, bool):
-        return {"pretrained": pretrained}
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")  # looked for in this order in a folder
+
+
+def weights_file(pretrained: str, name: str) -> Path:
+    """The local weights file of backbone `name`: `pretrained` itself, or, when it is a folder
+    (`pretrained_dir`), `{folder}/{name}` + the first of WEIGHT_SUFFIXES present.
+    Nothing found -> ConfigError naming what was looked for."""
     path = Path(pretrained).expanduser()
+    if path.is_dir():
+        candidates = [path / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(
+                f"pretrained_dir: {path} holds none of {', '.join(c.name for c in candidates)}"
+            )
+        return found
     if not path.is_file():
         raise ConfigError(f"pretrained: weights file {path} does not exist")
-    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    return path
+
+
+def _pretrained_kwargs(pretrained: bool | str, name: str) -> dict:
+    """timm keyword arguments for False / True (hub) / a local weights file or folder."""
+    if isinstance(pretrained, bool):
+        return {"pretrained": pretrained}
+    file = weights_file(pretrained, name)
+    return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(file)}}
 
 
 def create_backbone(
@@ -86,7 +105,8 @@ def create_backbone(
     """A timm feature extractor (`features_only=True`) for `name`.
 
     pretrained: False = random init, True = ImageNet weights from the timm hub, a path = that
-    local weights file (a timm/torchvision state dict; missing file -> ConfigError).
+    local weights file (a timm/torchvision state dict), or a folder holding `{name}.safetensors`
+    / `.pth` / `.bin` (`pretrained_dir`); missing file -> ConfigError.
     frozen_bn: BN layers become `FixedBatchNorm2d` (running statistics, never updated; affine
     weight and bias still trainable, as the official "fix" mode).
     Input (B, 3, H, W) float32; output: list of (B, C_i, H/s_i, W/s_i) maps.
@@ -97,7 +117,7 @@ def create_backbone(
             features_only=True,
             output_stride=output_stride,
             out_indices=out_indices,
-            **_pretrained_kwargs(pretrained),
+            **_pretrained_kwargs(pretrained, name),
         )
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
