@@ -111,8 +111,3 @@ def test_train_classifier_end_to_end(spec, tmp_path):
     logits, cams = model(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, spec.num_classes - 1) and cams.shape[2:] == (4, 4)
     assert job.out_curve.read_text().strip()
-
-
-def test_gt_checkpoint_selection_is_refused_not_ignored(spec, tmp_path):
-    with pytest.raises(ConfigError, match="select_with_gt"):
-        train_classifier(spec, _settings(select_with_gt=True), compute=COMPUTE, job=_job(tmp_path))

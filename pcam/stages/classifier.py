@@ -79,11 +79,6 @@ def train_classifier(
     spec: DatasetSpec, settings: dict[str, Any], *, compute: dict[str, Any], job: TrainingJob
 ) -> None:
     """Train on `spec.train_split`; write `job.out_model` (a plain Classifier) and the curve."""
-    if settings["select_with_gt"]:
-        raise ConfigError(
-            "classifier.select_with_gt: the official best-train-GT-mIoU checkpoint selection is "
-            "not implemented (the model is the last step's, spec 15.3); set it to false"
-        )
     num_classes = spec.num_classes - 1
     ids = read_split(spec, spec.train_split)
     if len(ids) < settings["batch_size"]:
