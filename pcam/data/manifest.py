@@ -16,7 +16,6 @@ editing one changes it.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -124,24 +123,8 @@ def write_manifest(entries: list[Entry], path: Path) -> None:
             writer.writerows(astuple(e) for e in entries)
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_fingerprint(spec: DatasetSpec, split: str, kind: str, manifest: Path, _key) -> str:
-    return digest(scan(spec, split, kind, read_manifest(manifest)))
-
-
 def fingerprint(spec: DatasetSpec, split: str, kind: str, manifest: Path) -> str:
-    """Digest of the split's files now, re-reading only files changed since `manifest`.
-
-    Memoised while the split list and the manifest are unchanged: the workflow asks several
-    times per run, and asks again once a job has written the dataset (the demo).
-    """
-    key = (_stat_key(spec.split_path(split)), _stat_key(Path(manifest)))
-    return _cached_fingerprint(spec, split, kind, Path(manifest), key)
+    """Digest of the split's files now, re-reading only the files whose size or mtime differ
+    from `manifest` (the previous check's). Stats every listed file: for VOC's train_aug labels
+    about 42,000 stats, about a second on a loaded 2-core machine."""
+    return digest(scan(spec, split, kind, read_manifest(Path(manifest))))
