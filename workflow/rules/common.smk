@@ -127,7 +127,8 @@ def state_dir(experiment, stage, settings_json):
 
 
 def flag_with_files(flag, files):
-    """`--flag f1 f2 ...` shell-quoted, or nothing when there are no files."""
+    """`--flag f1 f2 ...` shell-quoted, or nothing when there are no files (one file: a str)."""
+    files = [files] if isinstance(files, str) else list(files)
     return shlex.join([flag, *files]) if files else ""
 
 
