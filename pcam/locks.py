@@ -35,22 +35,25 @@ def lock_files(workdir: Path) -> list[Path]:
     return sorted(p for kind in ("input", "output") for p in locks.glob(f"*.{kind}.lock"))
 
 
-def _start_time(pid: int, proc: Path = PROC) -> int | None:
-    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone."""
+def _stat_fields(pid: int, proc: Path = PROC) -> list[str] | None:
+    """Fields 3.. of /proc/PID/stat (state, ppid, ...), None when the process is gone."""
     try:
         stat = (proc / str(pid) / "stat").read_text()
     except OSError:
         return None
     # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    return int(stat.rpartition(")")[2].split()[19])
+    return stat.rpartition(")")[2].split()
+
+
+def _start_time(pid: int, proc: Path = PROC) -> int | None:
+    """Start time of `pid` in clock ticks since boot (field 22), None when it is gone."""
+    fields = _stat_fields(pid, proc)
+    return int(fields[19]) if fields else None
 
 
 def _parent(pid: int, proc: Path = PROC) -> int | None:
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[1])
+    fields = _stat_fields(pid, proc)
+    return int(fields[1]) if fields else None
 
 
 def is_snakemake(argv: list[str]) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pcam.config import load_schema
-from pcam.fingerprint import EXECUTION_COMPUTE_KEYS, RESULT_COMPUTE_KEYS
+from pcam.fingerprint import EXECUTION_COMPUTE_KEYS, RESULT_COMPUTE_KEYS, result_compute
 from pcam.pipeline import SECTIONS, SUPERVISIONS, scored_stages
 from tests.snakemake_runner import REPO
 
@@ -178,3 +178,11 @@ def test_compute_keys_are_classified():
     result = {k for role in RESULT_COMPUTE_KEYS.values() for k in role}
     assert result | set(EXECUTION_COMPUTE_KEYS) == keys
     assert not result & set(EXECUTION_COMPUTE_KEYS)
+
+
+def test_result_compute_keeps_what_changes_numbers():
+    compute = {"gpus_per_job": 2, "mixed_precision": "auto", "num_workers": 8, "cam_shards": 4,
+               "crf_threads": 8, "torch_threads": 4}  # fmt: skip
+    assert result_compute(compute, "training") == {"gpus_per_job": 2, "mixed_precision": "auto"}
+    assert result_compute(compute, "inference") == {"mixed_precision": "auto", "on_gpu": True}
+    assert result_compute({**compute, "gpus_per_job": 0}, "inference")["on_gpu"] is False
