@@ -53,10 +53,11 @@ class Project:
         configfiles: tuple[Path, ...] = (),
         timeout: float = 1200,
         check: bool = True,
+        profile: str | Path = "workstation",
     ) -> subprocess.CompletedProcess:
         """Run snakemake to completion; raise with its output when it fails and `check`."""
         proc = subprocess.run(
-            self.command(*args, configfiles=configfiles),
+            self.command(*args, configfiles=configfiles, profile=profile),
             env=self.env, cwd=self.work, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         if check and proc.returncode != 0:
@@ -66,9 +67,12 @@ class Project:
             )
         return proc
 
-    def planned(self, *args: str, configfiles: tuple[Path, ...] = ()) -> list[Job]:
+    def planned(
+        self, *args: str, configfiles: tuple[Path, ...] = (), profile: str = "workstation"
+    ) -> list[Job]:
         """Every job a dry run plans."""
-        proc = self.run("-n", "--cores", "2", *args, configfiles=configfiles)
+        cores = ("--cores", "2") if profile == "workstation" else ()
+        proc = self.run("-n", *cores, *args, configfiles=configfiles, profile=profile)
         return parse_job_list(proc.stdout + proc.stderr)
 
     def planned_jobs(self, *args: str, configfiles: tuple[Path, ...] = ()) -> set[tuple]:

@@ -150,6 +150,20 @@ def test_execution_only_keys_plan_nothing(done, text):
     assert _keys(done, configfiles=(_override(done, "execution", text),)) == set()
 
 
+def test_gpus_per_job_is_the_one_gpu_setting_of_both_profiles(done):
+    """compute.gpus_per_job is every GPU rule's `gpu` resource: the local slot count and, under
+    SLURM, `--gpus=N`; the SLURM profile adds none of its own."""
+    two = _override(done, "gpus", "compute:\n  gpus_per_job: 2\n")
+    torch = {"train_classifier", "make_cams", "train_affinitynet", "make_rw", "train_deeplab",
+             "infer_deeplab"}  # fmt: skip
+    for profile in ("workstation", "slurm"):
+        jobs = done.planned("--forceall", configfiles=(two,), profile=profile)
+        assert len(jobs) == 62
+        for job in jobs:
+            if job.rule != "all":
+                assert job.resources["gpu"] == ("2" if job.rule in torch else "0"), (profile, job)
+
+
 def test_a_result_compute_key_reruns_every_computation_and_no_check(done):
     every = _keys(done, "--forceall")
     change = _override(done, "precision", "compute:\n  mixed_precision: bf16\n")
