@@ -40,7 +40,7 @@ def done(tmp_path_factory) -> Project:
     threads = base / "threads.yaml"
     threads.write_text(THREADS)
     project.configfiles += (threads,)
-    project.run("--cores", "2")
+    project.run("--cores", "2", timeout=3600)  # a bound for loaded CI machines, not a target
     return project
 
 
