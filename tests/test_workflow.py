@@ -305,9 +305,9 @@ def test_shell_injection_through_a_split_name_is_refused(done, tmp_path):
 
 def test_hostile_paths_reach_commands_quoted(tmp_path):
     project = make_project(tmp_path, results="out;touch PWNED;#", data="d $(touch PWNED)/x y")
-    targets = [str(project.results_path("manifest", "val", f"{k}.tsv")) for k in KINDS]
+    targets = [f"{project.results}/manifest/val/{k}.tsv" for k in KINDS]
     project.run("--cores", "2", *targets)
-    assert all(Path(t).is_file() for t in targets)
+    assert all((project.work / t).is_file() for t in targets)
     assert not list(tmp_path.rglob("PWNED"))
 
 
@@ -316,11 +316,11 @@ def test_a_failing_check_is_attempted_once_and_its_report_survives(tmp_path):
     report and the full messages stay in logs/; a re-run keeps the first attempt's history."""
     project = make_project(tmp_path)
     lists = project.data_path("ImageSets", "Segmentation")
-    project.run("--cores", "2", str(lists / "val.txt"))
+    project.run("--cores", "2", f"{project.data}/ImageSets/Segmentation/val.txt")
     ids = (lists / "val.txt").read_text().split()
     (lists / "val.txt").write_text("\n".join([*ids, ids[1]]) + "\n")
     (lists / "train.txt").write_text("")
-    targets = [str(project.results_path("manifest", s, "images.tsv")) for s in ("val", "train")]
+    targets = [f"{project.results}/manifest/{s}/images.tsv" for s in ("val", "train")]
     for attempt in (1, 2):
         proc = project.run("--cores", "2", "--retries", "3", "--keep-going", *targets, check=False)
         assert proc.returncode != 0
@@ -334,7 +334,7 @@ def test_a_failing_check_is_attempted_once_and_its_report_survives(tmp_path):
         for name in ("val-images", "train-images"):
             history = (logs / f"{name}.history.log").read_text()
             assert history.count("attempt started") == attempt, name
-        assert not any(Path(t).exists() for t in targets)
+        assert not any((project.work / t).exists() for t in targets)
 
 
 def _wait_for(predicate, timeout: float) -> bool:
