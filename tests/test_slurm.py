@@ -143,7 +143,8 @@ def test_a_failing_check_is_submitted_once(slurm, tmp_path):
     project = make_project(tmp_path)
     profile_dir, _ = _profile_for_this_node(tmp_path)
     lists = project.data_path("ImageSets", "Segmentation")
-    assert _submit(project, profile_dir, f"{project.data}/ImageSets/Segmentation/val.txt").returncode == 0
+    val = f"{project.data}/ImageSets/Segmentation/val.txt"
+    assert _submit(project, profile_dir, val).returncode == 0
     ids = (lists / "val.txt").read_text().split()
     (lists / "val.txt").write_text("\n".join([*ids, ids[0]]) + "\n")
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
