@@ -44,7 +44,7 @@ class Project:
         where = profile if isinstance(profile, Path) else self.profile(profile)
         return [
             sys.executable, "-m", "snakemake", "-s", str(self.snakefile), "--profile", str(where),
-            "--directory", str(self.work), "--configfile", *files, *args,
+            "--directory", str(self.work), *args, "--configfile", *files,  # last: it takes nargs
         ]  # fmt: skip
 
     def run(
