@@ -6,6 +6,7 @@ SIGKILL needs no manual step."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pcam.data.manifest import KINDS
-from tests.snakemake_runner import REPO, Project, job_keys, make_project
+from tests.snakemake_runner import Project, job_keys, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -378,13 +379,13 @@ def test_training_killed_with_sigkill_resumes_with_no_manual_step(tmp_path):
     assert marker.parent.exists()
 
 
-STATE_INPUTS = "--state-inputs" in (REPO / "workflow" / "rules" / "deeplab.smk").read_text()
+# The state key over a training's inputs comes with pcam.checkpoint (branch train-loop).
+STATE_KEYED = importlib.util.find_spec("pcam.checkpoint") is not None
 
 
 @pytest.mark.skipif(
-    not STATE_INPUTS,
-    reason="needs the training state keyed by its inputs: branch train-loop's --state-inputs, "
-    "passed by the training rules (workflow/rules/deeplab.smk) once merged",
+    not STATE_KEYED,
+    reason="needs the training state keyed by its inputs (pcam.checkpoint, branch train-loop)",
 )
 def test_an_upstream_change_never_resumes_a_stale_checkpoint(tmp_path):
     """Kill DeepLab after a checkpoint, change a pseudo-label setting, re-run: the labels are
