@@ -48,21 +48,24 @@ def slurm():
         subprocess.run([str(SCRIPT), "start"], check=True, timeout=900)
         print(f"SLURM set-up took {time.monotonic() - t0:.1f} s")
         started = True
-    # a partition and an account of the test's own, so that sacct shows where they came from
-    # (each command fails harmlessly when a killed earlier session left it in place)
-    _run("scontrol", "create", f"PartitionName={PARTITION}", "Nodes=localhost", "State=UP",
-         "MaxTime=INFINITE", check=False)  # fmt: skip
-    _run("sacctmgr", "-i", "add", "account", ACCOUNT, f"Cluster={CLUSTER}", check=False)
-    _run("sacctmgr", "-i", "add", "user", "root", f"Account={ACCOUNT}", f"Cluster={CLUSTER}",
-         check=False)  # fmt: skip
-    _run("scontrol", "show", "partition", PARTITION)
-    assert _run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", f"account={ACCOUNT}").stdout
-    yield
-    _run("sacctmgr", "-i", "delete", "user", "root", f"Account={ACCOUNT}", check=False)
-    _run("sacctmgr", "-i", "delete", "account", ACCOUNT, check=False)
-    _run("scontrol", "delete", f"PartitionName={PARTITION}", check=False)
-    if started:
-        subprocess.run([str(SCRIPT), "stop"], timeout=120)
+    try:
+        # a partition and an account of the test's own, so that sacct shows where they came from
+        # (each command fails harmlessly when a killed earlier session left it in place)
+        _run("scontrol", "create", f"PartitionName={PARTITION}", "Nodes=localhost", "State=UP",
+             "MaxTime=INFINITE", check=False)  # fmt: skip
+        _run("sacctmgr", "-i", "add", "account", ACCOUNT, f"Cluster={CLUSTER}", check=False)
+        _run("sacctmgr", "-i", "add", "user", "root", f"Account={ACCOUNT}", f"Cluster={CLUSTER}",
+             check=False)  # fmt: skip
+        _run("scontrol", "show", "partition", PARTITION)
+        assoc = _run("sacctmgr", "-n", "-P", "show", "assoc", "user=root", f"account={ACCOUNT}")
+        assert assoc.stdout, "the test account has no association for root"
+        yield
+    finally:
+        _run("sacctmgr", "-i", "delete", "user", "root", f"Account={ACCOUNT}", check=False)
+        _run("sacctmgr", "-i", "delete", "account", ACCOUNT, check=False)
+        _run("scontrol", "delete", f"PartitionName={PARTITION}", check=False)
+        if started:
+            subprocess.run([str(SCRIPT), "stop"], timeout=120)
 
 
 def _profile_for_this_node(base: Path) -> tuple[Path, dict]:
