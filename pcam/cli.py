@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcam.errors import PcamError
+from pcam.logs import setup_logging
 
 log = logging.getLogger("pcam")
 
@@ -83,16 +84,23 @@ def _demo_data(a: argparse.Namespace) -> int:
 def _check_data(a: argparse.Namespace) -> int:
     from pcam.data.check import check_dataset, missing_training_masks, write_report
 
+    if a.manifest and (len(a.split or []) != 1 or not a.kind):
+        raise PcamError("--manifest needs exactly one --split and a --kind")
     spec = _dataset(a)
-    problems = check_dataset(spec, a.split or None, training_splits=a.training_split)
+    problems = check_dataset(spec, a.split or None, training_splits=a.training_split, kind=a.kind)
     problems += missing_training_masks(spec, a.require_masks or [])
     if a.report:
         write_report(problems, Path(a.report))
     for p in problems:
-        print(f"{p.path}: {p.problem}", file=sys.stderr)
+        log.error("%s", p)
     if problems:
-        print(f"check-data: {len(problems)} problem(s) in {spec.root}", file=sys.stderr)
+        where = f"; report: {a.report}" if a.report else ""
+        log.error("check-data: %d problem(s) in %s%s", len(problems), spec.root, where)
         return 1
+    if a.manifest:
+        from pcam.data.manifest import scan, write_manifest
+
+        write_manifest(scan(spec, a.split[0], a.kind), Path(a.manifest))
     print(f"check-data: {spec.root} is consistent")
     return 0
 
@@ -370,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="every image of SPLIT needs a training mask (full supervision; repeatable)",
     )
     p.add_argument("--report", help="CSV report of every problem found")
+    p.add_argument(
+        "--kind",
+        choices=["images", "labels"],
+        help="check only what readers of images or of labels need (default: both)",
+    )
+    p.add_argument("--manifest", help="write the content manifest of the split (needs --kind)")
 
     p = add("convert-coco", _convert_coco, "convert MS-COCO instance annotations to VOC layout")
     p.add_argument("--annotations", required=True, help="instances_*.json of --split")
@@ -502,26 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(log_file: str | None, verbose: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pcam` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_file, args.verbose)
+    setup_logging(args.log_file, args.verbose, args.command)
     try:
         return args.handler(args)
     except PcamError as exc:
         log.error("%s", exc)
         print(f"pcam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        log.exception("pcam %s: unexpected error", args.command)  # the traceback, in the log too
+        return 1

@@ -22,7 +22,7 @@ from pcam.config import (
     validate_stage,
 )
 from pcam.errors import ConfigError
-from tests.snakemake_runner import TINY, make_project, parse_jobs
+from tests.snakemake_runner import TINY, make_project, parse_job_list
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "config.yaml"
@@ -263,7 +263,7 @@ def test_snakemake_stops_before_any_job_when_a_key_is_missing(base, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "rw.radius: required key is missing" in output
-    assert parse_jobs(output) == set()
+    assert parse_job_list(output) == []
     assert sorted(p.name for p in project.work.iterdir()) in ([], [".snakemake"])
 
 

@@ -19,15 +19,12 @@ from torch.utils.data import Dataset
 
 from pcam.checkpoint import state_key
 from pcam.data.voc import DatasetSpec
-from pcam.fingerprint import code_fingerprint
+from pcam.fingerprint import RESULT_COMPUTE_KEYS, code_fingerprint
 from pcam.models import save_model
 from pcam.train import LossFn, SelectFn, TrainingJob, fit
 
 # Settings that change how a training runs, never what it computes.
 EXECUTION_ONLY = frozenset({"checkpoint_every", "log_every"})
-# Compute keys that change the result: precision, and the device count (BN statistics of a
-# micro-batch, DDP's reduction order). Workers, shards and CRF threads do not.
-RESULT_COMPUTE = ("gpus_per_job", "mixed_precision")
 # Dataset fields a training does not read (colours; the evaluation and test splits).
 _NOT_READ = frozenset({"palette", "eval_split", "test_split"})
 
@@ -48,7 +45,7 @@ def training_key(
     identity = {
         "stage": kind,
         "settings": {k: v for k, v in settings.items() if k not in EXECUTION_ONLY},
-        "compute": {k: compute[k] for k in RESULT_COMPUTE},
+        "compute": {k: compute[k] for k in RESULT_COMPUTE_KEYS["training"]},
         "code": code_fingerprint(f"pcam.stages.{kind}"),
         "dataset": dataset_identity(spec),
     }

@@ -14,15 +14,17 @@ rule summary:
         f"{LOGS}/summary.log",
     benchmark:
         f"{LOGS}/benchmarks/summary.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
         paper=json.dumps(PAPER),
         code=code("pcam.summary"),
     shell:
-        "pcam --log-file {log} summarize --evals {input.evals} --splits {params.splits:q}"
-        " --paper {params.paper:q} --out {output}"
+        "pcam --log-file {log:q} summarize --evals {input.evals:q}"
+        " --splits {params.splits:q} --paper {params.paper:q} --out {output:q}"
 
 
 rule per_class_figure:
@@ -39,12 +41,14 @@ rule per_class_figure:
         f"{LOGS}/{{experiment}}/per_class_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/per_class_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         code=code("pcam.report"),
     shell:
-        "pcam --log-file {log} figure per-class --evals {input.evals} --out {output}"
+        "pcam --log-file {log:q} figure per-class --evals {input.evals:q} --out {output:q}"
 
 
 rule curves_figure:
@@ -68,12 +72,14 @@ rule curves_figure:
         f"{LOGS}/{{experiment}}/curves_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/curves_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         code=code("pcam.report"),
     shell:
-        "pcam --log-file {log} figure curves --curves {input.curves} --out {output}"
+        "pcam --log-file {log:q} figure curves --curves {input.curves:q} --out {output:q}"
 
 
 rule gallery_figure:
@@ -82,6 +88,7 @@ rule gallery_figure:
         rw=lambda w: shard_dirs(w.experiment, "rw", DATA["train_split"]),
         pseudo=lambda w: shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"]),
         deeplab=lambda w: shard_dirs(w.experiment, "deeplab_pred", DATA["eval_split"]),
+        manifest=manifest(DATA["eval_split"], "images"),
     output:
         report(
             f"{RESULTS}/figures/{{experiment}}/gallery.png",
@@ -93,14 +100,17 @@ rule gallery_figure:
         f"{LOGS}/{{experiment}}/gallery_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/gallery_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
         n_images=6,
         code=code("pcam.report"),
     shell:
-        "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
-        " --split {params.split} --n-images {params.n_images} --cams {input.cams}"
-        " --rw {input.rw} --pseudo {input.pseudo} --deeplab {input.deeplab} --out {output}"
+        "pcam --log-file {log:q} figure gallery --dataset {params.dataset:q}"
+        " --split {params.split:q} --n-images {params.n_images} --cams {input.cams:q}"
+        " --rw {input.rw:q} --pseudo {input.pseudo:q} --deeplab {input.deeplab:q}"
+        " --out {output:q}"
