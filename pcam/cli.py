@@ -212,7 +212,7 @@ def _train_deeplab(a: argparse.Namespace) -> int:
 
 
 def _infer_deeplab(a: argparse.Namespace) -> int:
-    from pcam.stages.deeplab import infer_deeplab
+    from pcam.stages.segmentation import infer_deeplab
 
     infer_deeplab(
         _dataset(a),
