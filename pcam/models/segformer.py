@@ -31,7 +31,8 @@ class SegFormer(nn.Module):
     """Encoder `backbone` (any timm model with `features_only`, e.g. pvt_v2_b0) + MLP decoder
     over `num_classes` classes, background included.
 
-    forward: x (B, 3, H, W) float32 normalised -> logits (B, num_classes, H, W), any H, W >= 1.
+    forward: x (B, 3, H, W) float32 normalised -> logits (B, num_classes, H, W). pvt_v2 needs
+    H, W >= 32 (its first stage's spatial-reduction attention pools 8x8 stride-4 pixels).
     """
 
     def __init__(
