@@ -49,6 +49,13 @@ def _settings(args: argparse.Namespace, stage: str) -> dict:
     return validate_stage(stage, args.settings)
 
 
+def _shard_run(args: argparse.Namespace):
+    """A per-image inference job: --model, --split, --shard, --num-shards and --compute."""
+    from pcam.inference import ShardRun
+
+    return ShardRun(Path(args.model), args.split, args.shard, args.num_shards, args.compute)
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -118,16 +125,7 @@ def _train_classifier(a: argparse.Namespace) -> int:
 def _make_cams(a: argparse.Namespace) -> int:
     from pcam.stages.cams import make_cams
 
-    make_cams(
-        _dataset(a),
-        _settings(a, "cams"),
-        compute=a.compute,
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_cams(_dataset(a), _settings(a, "cams"), _shard_run(a), Path(a.out))
     return 0
 
 
@@ -166,17 +164,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
 def _make_rw(a: argparse.Namespace) -> int:
     from pcam.stages.rw import make_rw
 
-    make_rw(
-        _dataset(a),
-        _settings(a, "rw"),
-        compute=a.compute,
-        model=Path(a.model),
-        cam_dirs=[Path(p) for p in a.cams],
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_rw(_dataset(a), _settings(a, "rw"), _shard_run(a), [Path(p) for p in a.cams], Path(a.out))
     return 0
 
 
@@ -217,11 +205,7 @@ def _infer_deeplab(a: argparse.Namespace) -> int:
     infer_deeplab(
         _dataset(a),
         _settings(a, "deeplab_inference"),
-        compute=a.compute,
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
+        _shard_run(a),
         out_dir=Path(a.out),
         out_crf_dir=Path(a.out_crf) if a.out_crf else None,
         workers=a.workers,

@@ -35,10 +35,26 @@ Step = Callable[[nn.Module, ImageItem, torch.device], None]
 
 
 @dataclass(frozen=True)
+class ShardRun:
+    """One per-image job as the command line gives it: the model file, which images (shard
+    `shard` of `num_shards` of `split`) and the `compute` settings."""
+
+    model: Path
+    split: str
+    shard: int
+    num_shards: int
+    compute: dict[str, Any]
+
+    def ids(self, spec: DatasetSpec) -> list[str]:
+        """The shard's image ids, in list order."""
+        return shard_ids(read_split(spec, self.split), self.shard, self.num_shards)
+
+
+@dataclass(frozen=True)
 class InferenceJob:
     """What a per-image stage tells the driver.
 
-    name: progress-bar and log label. model: the model file. kinds: the model kinds accepted.
+    name: progress-bar and log label. kinds: the model kinds accepted.
     prepare: builds an image's network inputs (CPU tensors) from its HxWx3 uint8 pixels, in the
     loader's worker processes; picklable (module-level function or `functools.partial`).
     num_outputs: the classes the network must predict (`net.num_outputs`), None for no check.
@@ -46,7 +62,6 @@ class InferenceJob:
     """
 
     name: str
-    model: Path
     kinds: tuple[str, ...]
     prepare: Callable[[np.ndarray], Any]
     num_outputs: int | None = None
@@ -54,16 +69,12 @@ class InferenceJob:
 
 
 def images_to_do(
-    spec: DatasetSpec,
-    split: str,
-    shard: int,
-    num_shards: int,
-    outputs: Sequence[tuple[Path, str]],
+    spec: DatasetSpec, run: ShardRun, outputs: Sequence[tuple[Path, str]]
 ) -> list[str]:
-    """The ids of shard `shard` of `num_shards` of `split` (list order) that miss at least one
-    of their outputs `out_dir/{id}{suffix}`. Creates every `out_dir`, so even an empty shard
-    leaves its declared directories."""
-    ids = shard_ids(read_split(spec, split), shard, num_shards)
+    """The ids of `run`'s shard (list order) that miss at least one of their outputs
+    `out_dir/{id}{suffix}`. Creates every `out_dir`, so even an empty shard leaves its
+    declared directories."""
+    ids = run.ids(spec)
     for out_dir, _ in outputs:
         out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in ids if not all((d / f"{i}{suffix}").exists() for d, suffix in outputs)]
@@ -73,11 +84,11 @@ def images_to_do(
     return todo
 
 
-def check_num_outputs(net: nn.Module, job: InferenceJob) -> None:
+def check_num_outputs(net: nn.Module, job: InferenceJob, model: Path) -> None:
     """DataError naming the model file when the network predicts another number of classes."""
     if job.num_outputs is not None and net.num_outputs != job.num_outputs:
         raise DataError(
-            f"{job.model}: predicts {net.num_outputs} classes, the dataset has "
+            f"{model}: predicts {net.num_outputs} classes, the dataset has "
             f"{job.num_outputs} {job.what}"
         )
 
@@ -110,9 +121,9 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 
 def run_images(
-    spec: DatasetSpec, compute: dict[str, Any], job: InferenceJob, ids: list[str], step: Step
+    spec: DatasetSpec, run: ShardRun, job: InferenceJob, ids: list[str], step: Step
 ) -> None:
-    """Run `step` on every image of `ids` with the network of `job.model`, on this job's device
+    """Run `step` on every image of `ids` with the network of `run.model`, on this job's device
     (one GPU slot when the machine has GPUs), under `compute["mixed_precision"]` autocast and
     `torch.inference_mode()`. Nothing is loaded when `ids` is empty."""
     from pcam.data.loading import image_loader
@@ -121,9 +132,10 @@ def run_images(
 
     if not ids:
         return
+    compute = run.compute
     with inference_device(compute) as device:
-        net = load_model(job.model, map_location=device, kind=job.kinds)
-        check_num_outputs(net, job)
+        net = load_model(run.model, map_location=device, kind=job.kinds)
+        check_num_outputs(net, job, run.model)
         net = for_inference(net, compute["compile_inference"])
         pin = device.type == "cuda"
         loader = image_loader(spec, ids, compute["num_workers"], job.prepare, pin_memory=pin)

@@ -12,15 +12,17 @@ import torch.nn.functional as F
 from pcam.cams import max_normalise, multiscale_cams, strided_size
 from pcam.data.voc import DatasetSpec, image_labels, read_split
 from pcam.errors import DataError
+from pcam.inference import ShardRun
 from pcam.io import shard_ids
 from pcam.models import save_model
 from pcam.models.classifier import Classifier
 from pcam.segment import scaled_inputs
 from pcam.stages.cams import make_cams
+from tests.stage_settings import cpu_compute
 
 torch.set_num_threads(1)
 SETTINGS = {"backbone": "resnet18", "pretrained": False, "output_stride": 16, "norm": "bn"}
-COMPUTE = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+COMPUTE = cpu_compute(gpus_per_job=1)  # on a machine without GPUs: no slot
 
 
 def _cams(forward, image: np.ndarray, scales, flip: bool, channels=None):
@@ -102,8 +104,8 @@ def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
     save_model(tmp_path / "model.pt", "classifier", model, SETTINGS, 8)
     settings = {"scales": [0.5, 1.0], "flip": True, "dtype": "float16"}
     out = tmp_path / "cams"
-    kwargs = dict(compute=COMPUTE, model=tmp_path / "model.pt", split=spec.train_split)
-    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    run = ShardRun(tmp_path / "model.pt", spec.train_split, 0, 3, COMPUTE)
+    make_cams(spec, settings, run, out)
     mine = shard_ids(read_split(spec, spec.train_split), 0, 3)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.npz" for i in mine)
     for image_id in mine:
@@ -118,7 +120,7 @@ def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
     stamp = first.stat().st_mtime_ns
     first_other = out / f"{mine[1]}.npz"
     first_other.unlink()
-    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    make_cams(spec, settings, run, out)
     assert first.stat().st_mtime_ns == stamp and first_other.exists()
 
 
@@ -127,7 +129,6 @@ def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
     save_model(tmp_path / "m.pt", "classifier", three, SETTINGS, 3)
     with pytest.raises(DataError, match=rf"{tmp_path / 'm.pt'}: predicts 3 classes"):
         make_cams(
-            spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute=COMPUTE,
-            model=tmp_path / "m.pt", split=spec.val_split, shard=0, num_shards=1,
-            out_dir=tmp_path / "out",
+            spec, {"scales": [1.0], "flip": False, "dtype": "float32"},
+            ShardRun(tmp_path / "m.pt", spec.val_split, 0, 1, COMPUTE), tmp_path / "out",
         )  # fmt: skip

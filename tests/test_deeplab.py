@@ -25,12 +25,7 @@ from pcam.stages.deeplab import (
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {
-    "gpus_per_job": 0,
-    "mixed_precision": "off",
-    "num_workers": 0,
-    "compile_inference": False,
-}
+COMPUTE = {"gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
 
 
 def _settings(stage: str = "deeplab", **overrides) -> dict:

@@ -14,6 +14,7 @@ from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import DataError
 from pcam.inference import (
     InferenceJob,
+    ShardRun,
     for_inference,
     images_to_do,
     run_images,
@@ -23,15 +24,11 @@ from pcam.io import shard_ids
 from pcam.models import save_model
 from pcam.models.classifier import Classifier
 from pcam.segment import scaled_inputs
+from tests.stage_settings import cpu_compute
 
 torch.set_num_threads(1)
 SETTINGS = {"backbone": "resnet18", "pretrained": False, "output_stride": 16, "norm": "bn"}
-COMPUTE = {
-    "gpus_per_job": 0,
-    "num_workers": 0,
-    "mixed_precision": "off",
-    "compile_inference": False,
-}
+COMPUTE = cpu_compute()
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +45,26 @@ def classifier_file(spec, tmp_path_factory) -> Path:
     return path
 
 
-def _job(model: Path, num_outputs: int | None) -> InferenceJob:
+def _job(num_outputs: int | None) -> InferenceJob:
     prepare = functools.partial(scaled_inputs, scales=[1.0], flip=False)
-    return InferenceJob("test", model, ("classifier",), prepare, num_outputs, "foreground classes")
+    return InferenceJob("test", ("classifier",), prepare, num_outputs, "foreground classes")
+
+
+def _run(model: Path, split: str, shard: int = 0, num_shards: int = 1) -> ShardRun:
+    return ShardRun(model, split, shard, num_shards, COMPUTE)
 
 
 def test_images_to_do_keeps_the_ids_missing_any_output(spec, tmp_path):
     ids = shard_ids(read_split(spec, spec.val_split), 1, 2)
     a, b = tmp_path / "a", tmp_path / "b"
     outputs = [(a, ".png"), (b, ".npz")]
-    assert images_to_do(spec, spec.val_split, 1, 2, outputs) == ids
+    run = _run(tmp_path / "m.pt", spec.val_split, 1, 2)
+    assert images_to_do(spec, run, outputs) == ids
     assert a.is_dir() and b.is_dir()  # even before anything is written
     (a / f"{ids[0]}.png").touch()  # one of two outputs: still to do
     (a / f"{ids[1]}.png").touch()
     (b / f"{ids[1]}.npz").touch()  # both: finished
-    assert images_to_do(spec, spec.val_split, 1, 2, outputs) == [ids[0], *ids[2:]]
+    assert images_to_do(spec, run, outputs) == [ids[0], *ids[2:]]
 
 
 def test_run_images_feeds_each_image_once_with_its_inputs_on_the_device(spec, classifier_file):
@@ -76,7 +78,8 @@ def test_run_images_feeds_each_image_once_with_its_inputs_on_the_device(spec, cl
         assert batch.is_contiguous(memory_format=torch.channels_last)
         seen.append(item.image_id)
 
-    run_images(spec, COMPUTE, _job(classifier_file, spec.num_classes - 1), ids, step)
+    run = _run(classifier_file, spec.val_split)
+    run_images(spec, run, _job(spec.num_classes - 1), ids, step)
     assert seen == ids
 
 
@@ -88,19 +91,19 @@ def test_resume_runs_only_the_unfinished_images(spec, classifier_file, tmp_path)
         (tmp_path / f"{item.image_id}.npz").write_bytes(b"done")
         written.append(item.image_id)
 
-    job = _job(classifier_file, spec.num_classes - 1)
-    todo = images_to_do(spec, spec.train_split, 0, 3, [(tmp_path, ".npz")])
-    run_images(spec, COMPUTE, job, todo[:2], step)  # killed after two images
-    todo = images_to_do(spec, spec.train_split, 0, 3, [(tmp_path, ".npz")])
+    job, run = _job(spec.num_classes - 1), _run(classifier_file, spec.train_split, 0, 3)
+    todo = images_to_do(spec, run, [(tmp_path, ".npz")])
+    run_images(spec, run, job, todo[:2], step)  # killed after two images
+    todo = images_to_do(spec, run, [(tmp_path, ".npz")])
     assert todo == ids[2:]
-    run_images(spec, COMPUTE, job, todo, step)
+    run_images(spec, run, job, todo, step)
     assert written == ids
-    assert images_to_do(spec, spec.train_split, 0, 3, [(tmp_path, ".npz")]) == []
+    assert images_to_do(spec, run, [(tmp_path, ".npz")]) == []
 
 
 def test_nothing_is_loaded_for_an_empty_list(spec, tmp_path):
     # the model file does not even exist: a finished shard never opens it
-    run_images(spec, COMPUTE, _job(tmp_path / "missing.pt", 20), [], lambda *a: None)
+    run_images(spec, _run(tmp_path / "missing.pt", spec.val_split), _job(20), [], lambda *a: None)
 
 
 def test_class_count_mismatch_is_a_data_error_naming_the_model_file(spec, classifier_file):
@@ -108,13 +111,14 @@ def test_class_count_mismatch_is_a_data_error_naming_the_model_file(spec, classi
     found = spec.num_classes - 1
     message = rf"{classifier_file}: predicts {found} classes, the dataset has 5 foreground"
     with pytest.raises(DataError, match=message):
-        run_images(spec, COMPUTE, _job(classifier_file, 5), ids, lambda *a: None)
+        run_images(spec, _run(classifier_file, spec.val_split), _job(5), ids, lambda *a: None)
 
 
 def test_model_of_another_kind_is_refused(spec, classifier_file):
-    job = InferenceJob("test", classifier_file, ("deeplab", "segformer"), lambda im: None)
+    job = InferenceJob("test", ("deeplab", "segformer"), lambda im: None)
+    ids = read_split(spec, spec.val_split)[:1]
     with pytest.raises(DataError, match="not a deeplab or segformer model file"):
-        run_images(spec, COMPUTE, job, read_split(spec, spec.val_split)[:1], lambda *a: None)
+        run_images(spec, _run(classifier_file, spec.val_split), job, ids, lambda *a: None)
 
 
 def test_channels_last_layout_gives_the_same_cams(classifier_file):

@@ -9,27 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcam.config import load_config, stage_settings, validate_stage
 from pcam.data.voc import DatasetSpec, load_image, read_split
 from pcam.errors import DataError
+from pcam.inference import ShardRun
 from pcam.io import save_scores, shard_ids
 from pcam.models import save_model
 from pcam.models.affinitynet import AffinityNet
 from pcam.stages.rw import make_rw
+from tests.stage_settings import cpu_compute, section
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {
-    "gpus_per_job": 0,
-    "mixed_precision": "off",
-    "num_workers": 0,
-    "compile_inference": False,
-}
-
-
-def _settings(**overrides) -> dict:
-    settings = stage_settings(load_config(ROOT / "config" / "config.yaml"), "puzzle", "rw")
-    return validate_stage("rw", {**settings, **overrides})
+COMPUTE = cpu_compute()
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +82,8 @@ def inputs(spec, net, tmp_path_factory) -> tuple[Path, Path]:
 
 def _run(spec, inputs, out: Path, shard: int = 0, num_shards: int = 6, **settings) -> list[str]:
     model, cams = inputs
-    make_rw(
-        spec, _settings(**settings), compute=COMPUTE, model=model, cam_dirs=[cams],
-        split=spec.train_split, shard=shard, num_shards=num_shards, out_dir=out,
-    )  # fmt: skip
+    run = ShardRun(model, spec.train_split, shard, num_shards, COMPUTE)
+    make_rw(spec, section("rw", **settings), run, [cams], out)
     return shard_ids(read_split(spec, spec.train_split), shard, num_shards)
 
 
@@ -129,7 +117,5 @@ def test_make_rw_resumes_and_names_a_missing_cam(spec, inputs, tmp_path):
     assert kept.stat().st_mtime_ns == stamp and (tmp_path / "out" / f"{ids[1]}.npz").exists()
     model, _ = inputs
     with pytest.raises(DataError, match=rf"{ids[0]}.npz: not found"):
-        make_rw(
-            spec, _settings(), compute=COMPUTE, model=model, cam_dirs=[tmp_path / "none"],
-            split=spec.train_split, shard=0, num_shards=6, out_dir=tmp_path / "other",
-        )  # fmt: skip
+        run = ShardRun(model, spec.train_split, 0, 6, COMPUTE)
+        make_rw(spec, section("rw"), run, [tmp_path / "none"], tmp_path / "other")

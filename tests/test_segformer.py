@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
-from pcam.config import load_config, stage_settings, validate_stage
 from pcam.data.voc import DatasetSpec
 from pcam.errors import ConfigError
 from pcam.models import (
@@ -22,22 +19,16 @@ from pcam.models import (
 from pcam.models.backbone import create_backbone
 from pcam.models.segformer import SegFormer
 from pcam.pipeline import segmentation_prefix
+from tests.stage_settings import ROOT, cpu_compute, section
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {
-    "gpus_per_job": 0,
-    "mixed_precision": "off",
-    "num_workers": 0,
-    "compile_inference": False,
-}
+COMPUTE = cpu_compute()
 
 
 def _settings(**overrides) -> dict:
-    settings = stage_settings(load_config(ROOT / "config" / "config.yaml"), "puzzle", "deeplab")
-    settings.update(network="segformer", backbone="pvt_v2_b0", output_stride=None)
-    settings.update(head_channels=32, **overrides)
-    return validate_stage("deeplab", settings)
+    """The config's `deeplab` section for a small SegFormer on pvt_v2_b0."""
+    segformer = dict(network="segformer", backbone="pvt_v2_b0", output_stride=None)
+    return section("deeplab", **{**segformer, "head_channels": 32, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -9,30 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from pcam.config import load_config, stage_settings, validate_stage
 from pcam.data.voc import DatasetSpec, load_image, read_split
 from pcam.errors import DataError
+from pcam.inference import ShardRun
 from pcam.io import load_label_png, save_label_png
 from pcam.models import build_model, save_model, segmentation_kind
 from pcam.stages.segmentation import SERVER_LAYOUT, infer_deeplab
+from tests.stage_settings import cpu_compute, section
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {
-    "gpus_per_job": 0,
-    "mixed_precision": "off",
-    "num_workers": 0,
-    "compile_inference": False,
-}
+COMPUTE = cpu_compute()
 
 
 def _settings(stage: str, **overrides) -> dict:
-    """The config's defaults of `stage`, shrunk to a tiny CPU run."""
-    settings = stage_settings(load_config(ROOT / "config" / "config.yaml"), "puzzle", stage)
-    if stage == "deeplab":
-        settings.update(head_channels=16)
-    settings.update(overrides)
-    return validate_stage(stage, settings)
+    """The config's `stage` section; a 16-channel head for the networks."""
+    return section(stage, **({"head_channels": 16} if stage == "deeplab" else {}), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +49,7 @@ def _infer(spec, model, out: Path, with_crf: bool, shard=0, num_shards=2, **kw) 
     infer_deeplab(
         spec,
         _settings("deeplab_inference", scales=[0.5, 1.0], **kw),
-        compute=COMPUTE,
-        model=model,
-        split=spec.val_split,
-        shard=shard,
-        num_shards=num_shards,
+        ShardRun(model, spec.val_split, shard, num_shards, COMPUTE),
         out_dir=out / "pred",
         out_crf_dir=out / "crf" if with_crf else None,
         workers=1,
@@ -156,10 +143,10 @@ def test_resume_skips_finished_images_and_completes_missing_crf(spec, model, tmp
 def test_server_format_and_empty_shard(spec, model, tmp_path):
     pytest.importorskip("pcam.crf")
     n = len(read_split(spec, spec.val_split))
-    kwargs = dict(compute=COMPUTE, model=model, split=spec.val_split, workers=1)
+    kwargs = dict(workers=1)
     settings = _settings("deeplab_inference", scales=[1.0], flip=False)
     infer_deeplab(
-        spec, settings, shard=n, num_shards=n + 1,  # beyond the list: an empty shard
+        spec, settings, ShardRun(model, spec.val_split, n, n + 1, COMPUTE),  # an empty shard
         out_dir=tmp_path / "pred", out_crf_dir=tmp_path / "crf", server_format=True, **kwargs,
     )  # fmt: skip
     for base in ("pred", "crf"):
@@ -168,7 +155,7 @@ def test_server_format_and_empty_shard(spec, model, tmp_path):
     assert [p.name for p in (tmp_path / "crf").iterdir()] == ["results"]  # no spill left behind
     image_id = read_split(spec, spec.val_split)[0]
     infer_deeplab(
-        spec, settings, shard=0, num_shards=n,
+        spec, settings, ShardRun(model, spec.val_split, 0, n, COMPUTE),
         out_dir=tmp_path / "pred", out_crf_dir=None, server_format=True, **kwargs,
     )  # fmt: skip
     _check_png(tmp_path / "pred" / SERVER_LAYOUT / f"{image_id}.png", spec, image_id)

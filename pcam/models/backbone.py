@@ -79,7 +79,7 @@ def create_backbone(
     *,
     pretrained: bool | str = False,
     output_stride: int | None = None,
-    out_indices: tuple[int, ...] = (1, 2, 3, 4),
+    out_indices: int | tuple[int, ...] = (1, 2, 3, 4),
     frozen_bn: bool = False,
 ) -> nn.Module:
     """A timm feature extractor (`features_only=True`) for `name`.
@@ -90,6 +90,7 @@ def create_backbone(
     `output_stride`), or None for the model's own strides (models without dilation support).
     frozen_bn: BN layers become `FixedBatchNorm2d` (running statistics, never updated; affine
     weight and bias still trainable, as the official "fix" mode).
+    out_indices: feature levels (timm indices), or an int n for the last n levels.
     Input (B, 3, H, W) float32; output: list of (B, C_i, H/s_i, W/s_i) maps.
     """
     kwargs = _pretrained_kwargs(pretrained)
@@ -110,3 +111,15 @@ def create_backbone(
         raise
     log.debug("backbone %s: channels %s", name, model.feature_info.channels())
     return fix_batch_norm(model) if frozen_bn else model
+
+
+def backbone_from_settings(settings: dict, out_indices: int | tuple[int, ...]) -> nn.Module:
+    """`create_backbone` from a network's config section (backbone, pretrained, output_stride,
+    norm: "frozen" fixes BN to its running statistics)."""
+    return create_backbone(
+        settings["backbone"],
+        pretrained=settings["pretrained"],
+        output_stride=settings["output_stride"],
+        out_indices=out_indices,
+        frozen_bn=settings["norm"] == "frozen",
+    )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcam.errors import ConfigError
-from pcam.models.backbone import create_backbone
+from pcam.models.backbone import backbone_from_settings
 
 LEVELS = 4  # SegFormer decodes the encoder's four stages
 GN_GROUPS = 4
@@ -28,34 +28,20 @@ DROPOUT = 0.1  # SegFormer: dropout before the classifier
 
 
 class SegFormer(nn.Module):
-    """Encoder `backbone` (any timm model with `features_only`, e.g. pvt_v2_b0) + MLP decoder
-    over `num_classes` classes, background included.
+    """An encoder (any timm model with `features_only`, e.g. pvt_v2_b0) + MLP decoder over
+    `num_classes` classes, background included.
 
     forward: x (B, 3, H, W) float32 normalised -> logits (B, num_classes, H, W). pvt_v2 needs
     H, W >= 32 (its first stage's spatial-reduction attention pools 8x8 stride-4 pixels).
     """
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        *,
-        pretrained: bool | str,
-        output_stride: int | None,
-        frozen_bn: bool,
-        head_channels: int,
-    ) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head_channels: int) -> None:
+        """backbone: a timm `features_only` module giving the four levels, finest first."""
         super().__init__()
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            output_stride=output_stride,
-            out_indices=LEVELS,
-            frozen_bn=frozen_bn,
-        )
-        channels = self.backbone.feature_info.channels()
+        self.backbone = backbone
+        channels = backbone.feature_info.channels()
         if len(channels) != LEVELS:
-            raise ConfigError(f"deeplab.backbone: {backbone} has {len(channels)} feature levels")
+            raise ConfigError(f"deeplab.backbone: {len(channels)} feature levels, not {LEVELS}")
         self.project = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in channels)
         self.fuse = nn.Sequential(
             nn.Conv2d(LEVELS * head_channels, head_channels, 1, bias=False),
@@ -69,14 +55,8 @@ class SegFormer(nn.Module):
     def from_settings(cls, settings: dict[str, Any], num_classes: int) -> SegFormer:
         """Build from the `deeplab` config section (backbone, pretrained, output_stride, norm,
         head_channels: the decoder width); `num_classes` includes the background."""
-        return cls(
-            settings["backbone"],
-            num_classes,
-            pretrained=settings["pretrained"],
-            output_stride=settings["output_stride"],
-            frozen_bn=settings["norm"] == "frozen",
-            head_channels=settings["head_channels"],
-        )
+        backbone = backbone_from_settings(settings, out_indices=LEVELS)
+        return cls(backbone, num_classes, settings["head_channels"])
 
     @property
     def num_outputs(self) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 from pcam.cams import max_normalise, multiscale_cams
 from pcam.data.loading import ImageItem
 from pcam.data.voc import DatasetSpec, image_labels
-from pcam.inference import InferenceJob, images_to_do, run_images
+from pcam.inference import InferenceJob, ShardRun, images_to_do, run_images
 from pcam.io import save_scores
 from pcam.segment import scaled_inputs
 
@@ -52,27 +52,16 @@ def cam_step(
     )
 
 
-def make_cams(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
-    *,
-    compute: dict[str, Any],
-    model: Path,
-    split: str,
-    shard: int,
-    num_shards: int,
-    out_dir: Path,
-) -> None:
-    """CAMs of shard `shard` of `num_shards` of `split` with the classifier at `model`."""
-    todo = images_to_do(spec, split, shard, num_shards, [(out_dir, ".npz")])
+def make_cams(spec: DatasetSpec, settings: dict[str, Any], run: ShardRun, out_dir: Path) -> None:
+    """CAMs of `run`'s shard with the classifier at `run.model`, into `out_dir`."""
+    todo = images_to_do(spec, run, [(out_dir, ".npz")])
     labels = {i: present_classes(spec, i) for i in todo}  # bad annotations fail before compute
     job = InferenceJob(
         name="cams",
-        model=model,
         kinds=("classifier",),
         prepare=functools.partial(scaled_inputs, scales=settings["scales"], flip=settings["flip"]),
         num_outputs=spec.num_classes - 1,
         what="foreground classes",
     )
     step = functools.partial(cam_step, labels=labels, settings=settings, out_dir=out_dir)
-    run_images(spec, compute, job, todo, step)
+    run_images(spec, run, job, todo, step)

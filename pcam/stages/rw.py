@@ -17,7 +17,7 @@ from pcam.affinity import random_walk, rw_postprocess
 from pcam.data.loading import ImageItem
 from pcam.data.voc import DatasetSpec
 from pcam.errors import DataError
-from pcam.inference import InferenceJob, images_to_do, run_images
+from pcam.inference import InferenceJob, ShardRun, images_to_do, run_images
 from pcam.io import find_in_dirs, load_scores, save_scores
 from pcam.models.affinitynet import AffinityNet
 from pcam.segment import scaled_batch
@@ -64,25 +64,16 @@ def rw_step(
 
 
 def make_rw(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
-    *,
-    compute: dict[str, Any],
-    model: Path,
-    cam_dirs: list[Path],
-    split: str,
-    shard: int,
-    num_shards: int,
-    out_dir: Path,
+    spec: DatasetSpec, settings: dict[str, Any], run: ShardRun, cam_dirs: list[Path], out_dir: Path
 ) -> None:
-    """Random-walk maps of one shard of `split`, with the AffinityNet at `model`."""
-    todo = images_to_do(spec, split, shard, num_shards, [(out_dir, ".npz")])
+    """Random-walk maps of `run`'s shard from the CAM archives in `cam_dirs` (shard folders),
+    with the AffinityNet at `run.model`, into `out_dir`."""
+    todo = images_to_do(spec, run, [(out_dir, ".npz")])
     sources = {i: find_in_dirs(cam_dirs, i, ".npz") for i in todo}  # a missing CAM fails first
     job = InferenceJob(
         name="rw",
-        model=model,
         kinds=("affinitynet",),  # boundaries know no classes: no class-count check
         prepare=functools.partial(scaled_batch, scale=1.0, flip=False),
     )
     step = functools.partial(rw_step, sources=sources, settings=settings, out_dir=out_dir)
-    run_images(spec, compute, job, todo, step)
+    run_images(spec, run, job, todo, step)

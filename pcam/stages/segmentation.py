@@ -19,7 +19,7 @@ from torch import nn
 
 from pcam.data.loading import ImageItem
 from pcam.data.voc import DatasetSpec
-from pcam.inference import InferenceJob, images_to_do, run_images
+from pcam.inference import InferenceJob, ShardRun, images_to_do, run_images
 from pcam.io import atomic_path, save_label_png
 from pcam.segment import scaled_inputs, summed_logits
 
@@ -54,11 +54,7 @@ def predict_step(
 
 
 def _crf_pass(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
-    spill: dict[str, Path],
-    crf_dir: Path,
-    workers: int,
+    spec: DatasetSpec, settings: dict[str, Any], spill: dict[str, Path], crf_dir: Path, workers: int
 ) -> None:
     """Refine every spilled probability map into `crf_dir/{id}.png` in `workers` processes."""
     from pcam.crf import map_images
@@ -75,18 +71,14 @@ def _crf_pass(
 def infer_deeplab(
     spec: DatasetSpec,
     settings: dict[str, Any],
+    run: ShardRun,
     *,
-    compute: dict[str, Any],
-    model: Path,
-    split: str,
-    shard: int,
-    num_shards: int,
     out_dir: Path,
     out_crf_dir: Path | None,
     workers: int,
     server_format: bool,
 ) -> None:
-    """Multi-scale + flip predictions (spec 8.3) for shard `shard` of `num_shards` of `split`.
+    """Multi-scale + flip predictions (spec 8.3) of `run`'s shard with the network at `run.model`.
 
     Writes `out_dir/{id}.png` (palette PNG, class indices) and, when `out_crf_dir` is given, the
     dense-CRF refinement `out_crf_dir/{id}.png` (settings["crf"], `workers` processes).
@@ -98,10 +90,9 @@ def infer_deeplab(
     pred_dir = prediction_dir(out_dir, server_format)
     crf_dir = None if out_crf_dir is None else prediction_dir(out_crf_dir, server_format)
     outputs = [(pred_dir, ".png")] + ([] if crf_dir is None else [(crf_dir, ".png")])
-    todo = images_to_do(spec, split, shard, num_shards, outputs)
+    todo = images_to_do(spec, run, outputs)
     job = InferenceJob(
         name="deeplab",
-        model=model,
         kinds=segmentation_kinds(),
         prepare=functools.partial(scaled_inputs, scales=settings["scales"], flip=settings["flip"]),
         num_outputs=spec.num_classes,
@@ -109,10 +100,10 @@ def infer_deeplab(
     )
     step = functools.partial(predict_step, spec=spec, flip=settings["flip"], pred_dir=pred_dir)
     if crf_dir is None:
-        run_images(spec, compute, job, todo, functools.partial(step, spill={}))
+        run_images(spec, run, job, todo, functools.partial(step, spill={}))
         return
     # Probabilities wait on disk (float16), not in memory: 21 x 375 x 500 maps add up fast.
     with tempfile.TemporaryDirectory(prefix=".probs-", dir=out_crf_dir) as tmp:
         spill = {i: Path(tmp) / f"{i}.npy" for i in todo if not (crf_dir / f"{i}.png").exists()}
-        run_images(spec, compute, job, todo, functools.partial(step, spill=spill))
+        run_images(spec, run, job, todo, functools.partial(step, spill=spill))
         _crf_pass(spec, settings, spill, crf_dir, workers)
