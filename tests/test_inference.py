@@ -67,7 +67,10 @@ def test_images_to_do_keeps_the_ids_missing_any_output(spec, tmp_path):
     assert images_to_do(spec, run, outputs) == [ids[0], *ids[2:]]
 
 
-def test_run_images_feeds_each_image_once_with_its_inputs_on_the_device(spec, classifier_file):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_run_images_feeds_each_image_once_with_its_inputs_on_the_device(
+    spec, classifier_file, workers
+):
     ids = read_split(spec, spec.val_split)[:3]
     seen = []
 
@@ -78,8 +81,8 @@ def test_run_images_feeds_each_image_once_with_its_inputs_on_the_device(spec, cl
         assert batch.is_contiguous(memory_format=torch.channels_last)
         seen.append(item.image_id)
 
-    run = _run(classifier_file, spec.val_split)
-    run_images(spec, run, _job(spec.num_classes - 1), ids, step)
+    run = ShardRun(classifier_file, spec.val_split, 0, 1, cpu_compute(num_workers=workers))
+    run_images(spec, run, _job(spec.num_classes - 1), ids, step)  # 1: prepared in a worker
     assert seen == ids
 
 
