@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from pcam.cams import NORM_EPS, max_normalise, multiscale_cams, strided_size
 from pcam.devices import autocast_context
-from pcam.inference import for_inference
+from pcam.inference import compiled_context, for_inference
 from pcam.models.classifier import Classifier
 from pcam.segment import scaled_batch, scaled_inputs
 
@@ -64,13 +64,15 @@ def old_cams(net: Classifier, image: np.ndarray, present: list[int]) -> Cams:
     return normalise(strided), normalise(high)
 
 
-def new_cams(net: torch.nn.Module, image: np.ndarray, present: list[int], mode: str) -> Cams:
+def new_cams(
+    net: torch.nn.Module, image: np.ndarray, present: list[int], mode: str, compiled: bool
+) -> Cams:
     """The driver's per-image work (`pcam.stages.cams.cam_step`); inputs are built up front as
     the loader's workers do."""
     inputs = [
         x.contiguous(memory_format=torch.channels_last) for x in scaled_inputs(image, SCALES, True)
     ]
-    with autocast_context(torch.device("cpu"), mode):
+    with compiled_context(compiled), autocast_context(torch.device("cpu"), mode):
         strided, high = multiscale_cams(lambda x: net(x)[1], inputs, image.shape[:2], True, present)
     return max_normalise(strided).contiguous().numpy(), max_normalise(high).contiguous().numpy()
 
@@ -104,15 +106,15 @@ def main() -> None:
     eager = for_inference(copy.deepcopy(reference), False)
     variants: dict[str, Callable[[np.ndarray], Cams]] = {
         "old": lambda im: old_cams(reference, im, PRESENT),
-        "eager": lambda im: new_cams(eager, im, PRESENT, "off"),
+        "eager": lambda im: new_cams(eager, im, PRESENT, "off", False),
     }
     if not args.eager:
         compiled = for_inference(copy.deepcopy(reference), True)
-        variants["compiled"] = lambda im: new_cams(compiled, im, PRESENT, "off")
+        variants["compiled"] = lambda im: new_cams(compiled, im, PRESENT, "off", True)
         if args.bf16:
-            variants["compiled+bf16"] = lambda im: new_cams(compiled, im, PRESENT, "bf16")
+            variants["compiled+bf16"] = lambda im: new_cams(compiled, im, PRESENT, "bf16", True)
     elif args.bf16:
-        variants["eager+bf16"] = lambda im: new_cams(eager, im, PRESENT, "bf16")
+        variants["eager+bf16"] = lambda im: new_cams(eager, im, PRESENT, "bf16", False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*args.size, 3), dtype=np.uint8) for _ in range(args.images)]
     print(

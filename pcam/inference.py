@@ -10,6 +10,7 @@ gives only what differs: its `InferenceJob` and a per-image step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -98,15 +99,26 @@ def for_inference(net: nn.Module, compile_net: bool) -> nn.Module:
 
     channels_last: oneDNN and cuDNN then run the convolutions in NHWC without converting every
     activation to and from NCHW. compile_net (`compute.compile_inference`): `torch.compile` with
-    dynamic shapes (one compilation serves every image size and scale) and freezing (weights
-    become constants: batch norm folded into the convolutions, weights pre-packed, element-wise
-    ops fused). Both change results only by float rounding (summation order), ~1e-6.
+    dynamic shapes, so one compilation serves every image size and scale; it compiles on the
+    first call, which must run inside `compiled_context(True)`. Both change results only by
+    float rounding (summation order, batch norm folded into the convolutions), ~1e-6.
     """
     net = net.to(memory_format=torch.channels_last).eval()
     if compile_net:
-        # In place, so methods that call `self(...)` (AffinityNet.boundary) use it too.
-        net.compile(dynamic=True, options={"freezing": True})
+        net.compile(dynamic=True)  # in place: methods calling `self(...)` use it too
     return net
+
+
+def compiled_context(compile_net: bool) -> contextlib.AbstractContextManager:
+    """Inductor's freezing for what compiles in the block (weights become constants: batch norm
+    folded into the convolutions, weights pre-packed for oneDNN, element-wise ops fused); on
+    this CPU it roughly doubles the speed of a compiled ResNet over compiling without it.
+    Scoped to the block rather than set for the process; a no-op without compilation."""
+    if not compile_net:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
@@ -142,6 +154,7 @@ def run_images(
         start = time.perf_counter()
         with (
             torch.inference_mode(),
+            compiled_context(compute["compile_inference"]),
             autocast_context(device, compute["mixed_precision"]),
         ):
             for item in tqdm(loader, total=len(ids), desc=job.name, disable=None):

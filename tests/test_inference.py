@@ -15,6 +15,7 @@ from pcam.errors import DataError
 from pcam.inference import (
     InferenceJob,
     ShardRun,
+    compiled_context,
     for_inference,
     images_to_do,
     run_images,
@@ -152,7 +153,7 @@ def test_compiled_network_matches_eager_across_sizes():
     with torch.no_grad():
         eager = [net(x) for x in inputs]
     compiled = for_inference(net, True)
-    with torch.inference_mode():
+    with torch.inference_mode(), compiled_context(True):
         for x, expected in zip(inputs, eager, strict=True):
             out = compiled(to_device(x, torch.device("cpu")))
             np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
