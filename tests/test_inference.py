@@ -143,6 +143,7 @@ def test_to_device_walks_lists_and_leaves_other_values():
     assert to_device(None, torch.device("meta")) is None
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: ~1 minute on 2 idle cores
 def test_compiled_network_matches_eager_across_sizes():
     pytest.importorskip("torch._inductor")
     torch.manual_seed(0)
