@@ -111,8 +111,8 @@ def for_inference(net: nn.Module, compile_net: bool) -> nn.Module:
 
 def compiled_context(compile_net: bool) -> contextlib.AbstractContextManager:
     """Inductor's freezing for what compiles in the block (weights become constants: batch norm
-    folded into the convolutions, weights pre-packed for oneDNN, element-wise ops fused); on
-    this CPU it roughly doubles the speed of a compiled ResNet over compiling without it.
+    folded into the convolutions, weights pre-packed for oneDNN, element-wise ops fused); a
+    compiled resnet18 ran 1.5x faster with it than without it on a 2-core Xeon.
     Scoped to the block rather than set for the process; a no-op without compilation."""
     if not compile_net:
         return contextlib.nullcontext()
