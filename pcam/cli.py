@@ -69,6 +69,13 @@ def _compute(args: argparse.Namespace) -> dict:
     return validate_compute(args.compute)
 
 
+def _shard_run(args: argparse.Namespace):
+    """A per-image inference job: --model, --split, --shard, --num-shards and --compute."""
+    from pcam.inference import ShardRun
+
+    return ShardRun(Path(args.model), args.split, args.shard, args.num_shards, _compute(args))
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -170,16 +177,7 @@ def _train_classifier(a: argparse.Namespace) -> int:
 def _make_cams(a: argparse.Namespace) -> int:
     from pcam.stages.cams import make_cams
 
-    make_cams(
-        _dataset(a),
-        _settings(a, "cams"),
-        compute=_compute(a),
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_cams(_dataset(a), _settings(a, "cams"), _shard_run(a), Path(a.out))
     return 0
 
 
@@ -216,17 +214,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
 def _make_rw(a: argparse.Namespace) -> int:
     from pcam.stages.rw import make_rw
 
-    make_rw(
-        _dataset(a),
-        _settings(a, "rw"),
-        compute=_compute(a),
-        model=Path(a.model),
-        cam_dirs=[Path(p) for p in a.cams],
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_rw(_dataset(a), _settings(a, "rw"), _shard_run(a), [Path(p) for p in a.cams], Path(a.out))
     return 0
 
 
@@ -260,16 +248,12 @@ def _train_deeplab(a: argparse.Namespace) -> int:
 
 
 def _infer_deeplab(a: argparse.Namespace) -> int:
-    from pcam.stages.deeplab import infer_deeplab
+    from pcam.stages.segmentation import infer_deeplab
 
     infer_deeplab(
         _dataset(a),
         _settings(a, "deeplab_inference"),
-        compute=_compute(a),
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
+        _shard_run(a),
         out_dir=Path(a.out),
         out_crf_dir=Path(a.out_crf) if a.out_crf else None,
         workers=a.workers,

@@ -53,7 +53,7 @@ def training_key(
 
 
 def train_network(
-    kind: str,
+    stage: str,
     spec: DatasetSpec,
     settings: dict[str, Any],
     compute: dict[str, Any],
@@ -67,8 +67,10 @@ def train_network(
     sync_bn: bool,
     select_fn: SelectFn | None = None,
     export: Callable[[nn.Module], nn.Module] = lambda m: m,
+    kind: str | None = None,
 ) -> None:
-    """Train `model` with the one loop and write a model file of `kind` (`pcam.models`).
+    """Train `model` with the one loop for the stage module `pcam.stages.{stage}` and write a
+    model file of `kind` (`pcam.models`; default: the stage's name).
 
     inputs: the files and directories the stage reads beyond the dataset (labels, init model);
     with `job.state_inputs` they key the resumable state. export: the part of the trained
@@ -76,9 +78,9 @@ def train_network(
     """
 
     def save_fn(trained: nn.Module, path: Path) -> None:
-        save_model(path, kind, export(trained), settings, num_classes)
+        save_model(path, kind or stage, export(trained), settings, num_classes)
 
-    key = training_key(kind, spec, settings, compute, [*inputs, *job.state_inputs])
+    key = training_key(stage, spec, settings, compute, [*inputs, *job.state_inputs])
     fit(
         model,
         loss_fn,
