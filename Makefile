@@ -9,6 +9,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE := $(BIN)/snakemake
+# The workstation profile (rerun-incomplete, retries of training). A run killed earlier leaves
+# Snakemake's lock behind: the workflow removes it when provably stale (README, "Resuming").
+WORKSTATION := --profile workflow/profiles/workstation
 
 # Rules call `pcam`: the venv's bin comes first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
@@ -24,8 +27,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES)
-	$(SNAKEMAKE) --cores $(CORES) --report results/report.html
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) --report results/report.html
 	@echo
 	@$(BIN)/pcam show-summary results/summary.csv
 

@@ -101,3 +101,12 @@ def stage_order() -> list[str]:
 def train_stage_names() -> set[str]:
     """Names of the stages scored on the training images (the rest are scored on val)."""
     return {s.name for sup in SUPERVISIONS for s in scored_stages(sup) if s.on_train}
+
+
+def segmentation_prefix(settings: dict) -> str:
+    """The stage-name prefix of an experiment's segmentation rows from its `deeplab` section:
+    "deeplab" for DeepLabV3+ (the paper's network, the names users script against), else the
+    network's own name, so another network adds rows (`segformer`, `segformer_crf`, ...)
+    instead of renaming them. For `scored_stages(supervision, prefix)`."""
+    network = settings["network"]
+    return "deeplab" if network == "deeplabv3plus" else network

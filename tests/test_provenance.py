@@ -78,13 +78,16 @@ def _stub(out_attr: str):
 
 
 def test_the_pcam_command_leaves_a_record_for_compute_jobs_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_evaluate", _stub("out"))
+    scores = tmp_path / "e" / "eval" / "cam.csv"
+    assert cli.main(["evaluate", "--root", "x", "--split", "train", "--pred", "p",
+                     "--out", str(scores)]) == 0  # fmt: skip
+    assert scores.exists() and not provenance.record_path(scores).exists()  # no --compute
     monkeypatch.setattr(cli, "_train_deeplab", _stub("out_model"))
     model = tmp_path / "e" / "deeplab" / "model.pt"
-    common = ["train-deeplab", "--dataset", '{"root": "x"}', "--settings", "{}",
-              "--out-model", str(model), "--out-curve", "c.csv", "--state-dir", "s"]  # fmt: skip
-    assert cli.main(common) == 0  # no --compute: a hand-run command leaves nothing behind
-    assert not provenance.record_path(model).exists()
-    assert cli.main([*common, "--compute", json.dumps(COMPUTE)]) == 0
+    assert cli.main(["train-deeplab", "--dataset", '{"root": "x"}', "--settings", "{}",
+                     "--compute", json.dumps(COMPUTE), "--out-model", str(model),
+                     "--out-curve", "c.csv", "--state-dir", "s"]) == 0  # fmt: skip
     record = json.loads(provenance.record_path(model).read_text())
     assert record["command"] == "train-deeplab" and record["output"] == str(model)
 

@@ -29,14 +29,14 @@ def _head(project: Project) -> str:
 
 
 def _summary(project: Project) -> list[dict]:
-    with open(project.work / "results" / "summary.csv", newline="") as fh:
+    with open(project.results_path("summary.csv"), newline="") as fh:
         return list(csv.DictReader(fh))
 
 
 def test_every_experiment_has_provenance_with_the_checkout_commit(done):
     head = _head(done)
     for name in EXPERIMENTS:
-        data = json.loads((done.work / "results" / name / "provenance.json").read_text())
+        data = json.loads(done.results_path(name, "provenance.json").read_text())
         assert data["commit"] == head and data["dirty"] is False, name
         assert data["job_commits"] == [head]
         assert data["devices"] == ["cpu"] and data["precisions"] == ["fp32"]
@@ -61,15 +61,15 @@ def test_summary_rows_trace_to_the_commit(done):
 
 def test_deeplab_gallery_uses_the_scored_val_predictions_only(done):
     for name in EXPERIMENTS:
-        predictions = done.work / "results" / name / "deeplab_pred"
+        predictions = done.results_path(name, "deeplab_pred")
         assert sorted(p.name for p in predictions.iterdir()) == ["val"], name
-        page = (done.work / "results" / "figures" / name / "gallery_val.html").read_text()
+        page = done.results_path("figures", name, "gallery_val.html").read_text()
         assert "<th>deeplab</th><th>deeplab_crf</th>" in page and 'ul class="legend"' in page
 
 
 @pytest.fixture(scope="module")
 def report(done) -> Path:
-    path = done.work / "results" / "report_in_browser.html"
+    path = done.results_path("report_in_browser.html")
     done.run("--cores", "1", "--report", str(path))
     return path
 

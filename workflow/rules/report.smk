@@ -32,8 +32,10 @@ rule provenance:
         f"{LOGS}/{{experiment}}/provenance.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/provenance.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         settings=lambda w: json.dumps(
             resolved_settings(config, w.experiment), sort_keys=True
@@ -41,8 +43,8 @@ rule provenance:
         dir=lambda w: f"{RESULTS}/{w.experiment}",
         code=code("pcam.provenance"),
     shell:
-        "pcam --log-file {log} provenance --experiment {wildcards.experiment}"
-        " --dir {params.dir} --settings {params.settings:q} --out {output}"
+        "pcam --log-file {log:q} provenance --experiment {wildcards.experiment}"
+        " --dir {params.dir:q} --settings {params.settings:q} --out {output:q}"
 
 
 rule summary:
@@ -59,15 +61,17 @@ rule summary:
         f"{LOGS}/summary.log",
     benchmark:
         f"{LOGS}/benchmarks/summary.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
         paper=json.dumps(PAPER),
         code=code("pcam.summary"),
     shell:
-        "pcam --log-file {log} summarize --evals {input.evals} --splits {params.splits:q}"
-        " --paper {params.paper:q} --provenance {input.provenance} --out {output}"
+        "pcam --log-file {log:q} summarize --evals {input.evals:q} --splits {params.splits:q}"
+        " --paper {params.paper:q} --provenance {input.provenance:q} --out {output:q}"
 
 
 rule summary_page:
@@ -90,13 +94,15 @@ rule summary_page:
         f"{LOGS}/summary_page.log",
     benchmark:
         f"{LOGS}/benchmarks/summary_page.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         code=code("pcam.report.summary_page"),
     shell:
-        "pcam --log-file {log} summary-page --summary {input} --out {output.page}"
-        " --fragment {output.fragment} --chart {output.chart}"
+        "pcam --log-file {log:q} summary-page --summary {input:q} --out {output.page:q}"
+        " --fragment {output.fragment:q} --chart {output.chart:q}"
 
 
 rule per_class_figure:
@@ -113,12 +119,14 @@ rule per_class_figure:
         f"{LOGS}/{{experiment}}/per_class_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/per_class_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         code=code("pcam.report.figures"),
     shell:
-        "pcam --log-file {log} figure per-class --evals {input.evals} --out {output}"
+        "pcam --log-file {log:q} figure per-class --evals {input.evals:q} --out {output:q}"
 
 
 rule curves_figure:
@@ -140,12 +148,14 @@ rule curves_figure:
         f"{LOGS}/{{experiment}}/curves_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/curves_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         code=code("pcam.report.figures"),
     shell:
-        "pcam --log-file {log} figure curves --curves {input.curves} --out {output}"
+        "pcam --log-file {log:q} figure curves --curves {input.curves:q} --out {output:q}"
 
 
 rule gallery_figure:
@@ -153,7 +163,7 @@ rule gallery_figure:
         cams=lambda w: shard_dirs(w.experiment, "cams", DATA["train_split"]),
         rw=lambda w: shard_dirs(w.experiment, "rw", DATA["train_split"]),
         pseudo=lambda w: shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"]),
-        ids=split_list(DATA["eval_split"]),
+        manifest=[manifest(DATA["eval_split"], kind) for kind in ("images", "labels")],
     output:
         report(
             f"{FIGURES}/{{experiment}}/gallery.html",
@@ -165,8 +175,10 @@ rule gallery_figure:
         f"{LOGS}/{{experiment}}/gallery_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/gallery_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         dataset=DATASET_JSON,
         split=DATA["eval_split"],
@@ -174,9 +186,9 @@ rule gallery_figure:
         title=lambda w: f"{w.experiment}: CAM, random walk and pseudo-labels (training images)",
         code=code("pcam.report.gallery"),
     shell:
-        "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
-        " --split {params.split} --n-images {params.n_images} --title {params.title:q}"
-        " --cams {input.cams} --rw {input.rw} --pseudo {input.pseudo} --out {output}"
+        "pcam --log-file {log:q} figure gallery --dataset {params.dataset:q}"
+        " --split {params.split:q} --n-images {params.n_images} --title {params.title:q}"
+        " --cams {input.cams:q} --rw {input.rw:q} --pseudo {input.pseudo:q} --out {output:q}"
 
 
 # DeepLab's gallery shows the val predictions that eval_deeplab scores: no inference of its own.
@@ -184,7 +196,7 @@ rule val_gallery_figure:
     input:
         deeplab=lambda w: shard_dirs(w.experiment, "deeplab_pred", DATA["val_split"]),
         crf=lambda w: shard_dirs(w.experiment, "deeplab_pred_crf", DATA["val_split"]),
-        ids=split_list(DATA["val_split"]),
+        manifest=[manifest(DATA["val_split"], kind) for kind in ("images", "labels")],
     output:
         report(
             f"{FIGURES}/{{experiment}}/gallery_val.html",
@@ -196,8 +208,10 @@ rule val_gallery_figure:
         f"{LOGS}/{{experiment}}/val_gallery_figure.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/val_gallery_figure.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         dataset=DATASET_JSON,
         split=DATA["val_split"],
@@ -205,6 +219,6 @@ rule val_gallery_figure:
         title=lambda w: f"{w.experiment}: DeepLab on the val images (as scored)",
         code=code("pcam.report.gallery"),
     shell:
-        "pcam --log-file {log} figure gallery --dataset {params.dataset:q}"
-        " --split {params.split} --n-images {params.n_images} --title {params.title:q}"
-        " --deeplab {input.deeplab} --deeplab-crf {input.crf} --out {output}"
+        "pcam --log-file {log:q} figure gallery --dataset {params.dataset:q}"
+        " --split {params.split:q} --n-images {params.n_images} --title {params.title:q}"
+        " --deeplab {input.deeplab:q} --deeplab-crf {input.crf:q} --out {output:q}"
