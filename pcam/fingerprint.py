@@ -27,8 +27,9 @@ RESULT_COMPUTE_KEYS = {
     # the device count sets the per-device batch, hence BatchNorm statistics (spec 15.2);
     # precision changes every float
     "training": ("device", "gpus_per_job", "mixed_precision"),
-    # one image at a time: the device count does not matter, precision and CPU vs GPU do
-    "inference": ("device", "mixed_precision"),
+    # one image at a time: the device count does not matter, precision, CPU vs GPU and a
+    # compiled graph (float rounding) do
+    "inference": ("device", "mixed_precision", "compile_inference"),
 }
 EXECUTION_COMPUTE_KEYS = ("num_workers", "cam_shards", "crf_threads", "torch_threads")
 

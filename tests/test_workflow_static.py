@@ -52,7 +52,8 @@ def test_the_rules_are_the_expected_ones():
         "demo_data", "check_data", "train_classifier", "make_cams", "eval_cams",
         "make_affinity_labels", "train_affinitynet", "make_rw", "eval_rw",
         "make_pseudo_labels", "eval_pseudo_labels", "train_deeplab", "infer_deeplab",
-        "eval_deeplab", "summary", "per_class_figure", "curves_figure", "gallery_figure",
+        "eval_deeplab", "provenance", "summary", "summary_page", "per_class_figure",
+        "curves_figure", "gallery_figure", "val_gallery_figure",
     }  # fmt: skip
 
 
@@ -182,12 +183,13 @@ def test_compute_keys_are_classified():
 
 def test_result_compute_keeps_what_changes_numbers():
     compute = {"device": "auto", "gpus_per_job": 2, "mixed_precision": "auto", "num_workers": 8,
-               "cam_shards": 4, "crf_threads": 8, "torch_threads": 4}  # fmt: skip
+               "cam_shards": 4, "crf_threads": 8, "torch_threads": 4,
+               "compile_inference": False}  # fmt: skip
     assert result_compute(compute, "training") == {
         "device": "auto", "gpus_per_job": 2, "mixed_precision": "auto"
     }  # fmt: skip
     assert result_compute(compute, "inference") == {
-        "device": "auto", "mixed_precision": "auto", "on_gpu": True
+        "device": "auto", "mixed_precision": "auto", "compile_inference": False, "on_gpu": True
     }  # fmt: skip
     assert result_compute({**compute, "gpus_per_job": 0}, "inference")["on_gpu"] is False
     assert result_compute({**compute, "device": "cpu"}, "inference")["on_gpu"] is False

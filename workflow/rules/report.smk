@@ -43,7 +43,7 @@ rule provenance:
         dir=lambda w: f"{RESULTS}/{w.experiment}",
         code=code("pcam.provenance"),
     shell:
-        "pcam --log-file {log:q} provenance --experiment {wildcards.experiment}"
+        "pcam --log-file {log:q} provenance --experiment {wildcards.experiment:q}"
         " --dir {params.dir:q} --settings {params.settings:q} --out {output:q}"
 
 
