@@ -1,6 +1,7 @@
 # pcam: the two commands of the README.
 #   make demo   install, generate the demo dataset, run the whole DAG on CPU, build the report
 #   make test   install, then the whole test suite (pytest, snakemake --lint, snakefmt, ruff)
+#   make docs   after `make demo`: snapshot results/ into docs/results/demo, render docs/*.md.in
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,11 +9,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE := $(BIN)/snakemake
+# The workstation profile (rerun-incomplete, retries of training). A run killed earlier leaves
+# Snakemake's lock behind: the workflow removes it when provably stale (README, "Resuming").
+WORKSTATION := --profile workflow/profiles/workstation
 
 # Rules call `pcam`: the venv's bin comes first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo docs test lint clean
 
 install: $(STAMP)
 
@@ -23,10 +27,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES)
-	$(SNAKEMAKE) --cores $(CORES) --report results/report.html
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) --report results/report.html
 	@echo
-	@column -s, -t < results/summary.csv
+	@$(BIN)/pcam show-summary results/summary.csv
+
+# Not part of `demo`: it rewrites committed files (and would mark the next run's tree dirty).
+docs: $(STAMP)
+	$(BIN)/pcam render-docs --snapshot demo --results results
 
 lint: $(STAMP)
 	$(SNAKEMAKE) --lint

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcam.errors import PcamError
+from pcam.logs import setup_logging
 
 log = logging.getLogger("pcam")
 
@@ -42,11 +43,37 @@ def _dataset(args: argparse.Namespace):
     return DatasetSpec.from_settings(settings)
 
 
+def _job(args: argparse.Namespace):
+    """Where a training writes (--out-model, --out-curve, --state-dir, --state-inputs)."""
+    from pcam.train import TrainingJob
+
+    return TrainingJob(
+        Path(args.out_model),
+        Path(args.out_curve),
+        Path(args.state_dir),
+        tuple(Path(p) for p in args.state_inputs),
+    )
+
+
 def _settings(args: argparse.Namespace, stage: str) -> dict:
     """Validate a stage's --settings JSON against its schema section before anything runs."""
     from pcam.config import validate_stage
 
     return validate_stage(stage, args.settings)
+
+
+def _compute(args: argparse.Namespace) -> dict:
+    """Validate the --compute JSON against the schema's `compute` section before anything runs."""
+    from pcam.config import validate_compute
+
+    return validate_compute(args.compute)
+
+
+def _shard_run(args: argparse.Namespace):
+    """A per-image inference job: --model, --split, --shard, --num-shards and --compute."""
+    from pcam.inference import ShardRun
+
+    return ShardRun(Path(args.model), args.split, args.shard, args.num_shards, _compute(args))
 
 
 # --------------------------------------------------------------------------- handlers
@@ -62,19 +89,58 @@ def _demo_data(a: argparse.Namespace) -> int:
 
 
 def _check_data(a: argparse.Namespace) -> int:
-    from pcam.data.check import check_dataset, write_report
+    from pcam.data.check import check_dataset, missing_training_masks, write_report
 
+    if a.manifest and (len(a.split or []) != 1 or not a.kind):
+        raise PcamError("--manifest needs exactly one --split and a --kind")
     spec = _dataset(a)
-    problems = check_dataset(spec, a.split or None, training_splits=a.training_split)
+    problems = check_dataset(spec, a.split or None, training_splits=a.training_split, kind=a.kind)
+    problems += missing_training_masks(spec, a.require_masks or [])
     if a.report:
         write_report(problems, Path(a.report))
     for p in problems:
-        print(f"{p.path}: {p.problem}", file=sys.stderr)
+        log.error("%s", p)
     if problems:
-        print(f"check-data: {len(problems)} problem(s) in {spec.root}", file=sys.stderr)
+        where = f"; report: {a.report}" if a.report else ""
+        log.error("check-data: %d problem(s) in %s%s", len(problems), spec.root, where)
         return 1
+    if a.manifest:
+        from pcam.data.manifest import scan, write_manifest
+
+        write_manifest(scan(spec, a.split[0], a.kind), Path(a.manifest))
     print(f"check-data: {spec.root} is consistent")
     return 0
+
+
+def _convert_coco(a: argparse.Namespace) -> int:
+    from pcam.data.coco import CocoPart, convert_coco
+
+    parts = [CocoPart(a.split, Path(a.annotations), Path(a.images))]
+    if bool(a.val_annotations) != bool(a.val_images):
+        raise PcamError("give both --val-annotations and --val-images, or neither")
+    if a.val_annotations:
+        parts.append(CocoPart(a.val_split, Path(a.val_annotations), Path(a.val_images)))
+    for report in convert_coco(Path(a.out), parts, workers=a.workers):
+        print(f"convert-coco: {report}")
+    return 0
+
+
+def _import_checkpoint(a: argparse.Namespace) -> int:
+    from pcam.models.official import import_checkpoint
+
+    n = import_checkpoint(Path(a.official), a.kind, a.backbone, Path(a.out))
+    print(f"import-checkpoint: {n} tensors placed; pcam {a.kind} model written to {a.out}")
+    return 0
+
+
+def _prepare_voc(a: argparse.Namespace) -> int:
+    from pcam.data.prepare_voc import SUPERVISIONS, prepare_voc, supervisions_of
+
+    chosen = supervisions_of([Path(p) for p in a.configfile]) if a.configfile else SUPERVISIONS
+    report = prepare_voc(Path(a.root), Path(a.sbd) if a.sbd else None, chosen, a.workers)
+    for line in report.lines():
+        print(f"prepare-voc: {line}")
+    return 0 if report.complete else 1
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -104,30 +170,14 @@ def _evaluate(a: argparse.Namespace) -> int:
 def _train_classifier(a: argparse.Namespace) -> int:
     from pcam.stages.classifier import train_classifier
 
-    train_classifier(
-        _dataset(a),
-        _settings(a, "classifier"),
-        compute=a.compute,
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
-    )
+    train_classifier(_dataset(a), _settings(a, "classifier"), compute=_compute(a), job=_job(a))
     return 0
 
 
 def _make_cams(a: argparse.Namespace) -> int:
     from pcam.stages.cams import make_cams
 
-    make_cams(
-        _dataset(a),
-        _settings(a, "cams"),
-        compute=a.compute,
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_cams(_dataset(a), _settings(a, "cams"), _shard_run(a), Path(a.out))
     return 0
 
 
@@ -153,12 +203,10 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
     train_affinitynet(
         _dataset(a),
         _settings(a, "affinitynet"),
-        compute=a.compute,
+        compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels],
         init_model=Path(a.init_from) if a.init_from else None,
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
+        job=_job(a),
     )
     return 0
 
@@ -166,17 +214,7 @@ def _train_affinitynet(a: argparse.Namespace) -> int:
 def _make_rw(a: argparse.Namespace) -> int:
     from pcam.stages.rw import make_rw
 
-    make_rw(
-        _dataset(a),
-        _settings(a, "rw"),
-        compute=a.compute,
-        model=Path(a.model),
-        cam_dirs=[Path(p) for p in a.cams],
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
-        out_dir=Path(a.out),
-    )
+    make_rw(_dataset(a), _settings(a, "rw"), _shard_run(a), [Path(p) for p in a.cams], Path(a.out))
     return 0
 
 
@@ -202,61 +240,25 @@ def _train_deeplab(a: argparse.Namespace) -> int:
     train_deeplab(
         _dataset(a),
         _settings(a, "deeplab"),
-        compute=a.compute,
+        compute=_compute(a),
         label_dirs=[Path(p) for p in a.labels] if a.labels else None,
-        out_model=Path(a.out_model),
-        out_curve=Path(a.out_curve),
-        state_dir=Path(a.state_dir),
+        job=_job(a),
     )
     return 0
 
 
 def _infer_deeplab(a: argparse.Namespace) -> int:
-    from pcam.stages.deeplab import infer_deeplab
+    from pcam.stages.segmentation import infer_deeplab
 
     infer_deeplab(
         _dataset(a),
         _settings(a, "deeplab_inference"),
-        compute=a.compute,
-        model=Path(a.model),
-        split=a.split,
-        shard=a.shard,
-        num_shards=a.num_shards,
+        _shard_run(a),
         out_dir=Path(a.out),
         out_crf_dir=Path(a.out_crf) if a.out_crf else None,
         workers=a.workers,
         server_format=a.server_format,
     )
-    return 0
-
-
-def _summarize(a: argparse.Namespace) -> int:
-    from pcam.summary import summarize
-
-    table = summarize([Path(p) for p in a.evals], out=Path(a.out), splits=a.splits, paper=a.paper)
-    print(table)
-    return 0
-
-
-def _figure(a: argparse.Namespace) -> int:
-    from pcam import report
-
-    out = Path(a.out)
-    if a.kind == "per-class":
-        report.per_class_figure([Path(p) for p in a.evals], out)
-    elif a.kind == "curves":
-        report.curves_figure([Path(p) for p in a.curves], out)
-    else:
-        report.gallery_figure(
-            _dataset(a),
-            a.split,
-            a.n_images,
-            cams=[Path(p) for p in a.cams],
-            rw=[Path(p) for p in a.rw],
-            pseudo=[Path(p) for p in a.pseudo],
-            deeplab=[Path(p) for p in a.deeplab],
-            out=out,
-        )
     return 0
 
 
@@ -274,13 +276,21 @@ def _stage_args(p: argparse.ArgumentParser, *, compute: bool = True) -> None:
     p.add_argument("--dataset", type=_json, required=True, help="dataset settings (JSON)")
     p.add_argument("--settings", type=_json, required=True, help="stage settings (JSON)")
     if compute:
-        p.add_argument("--compute", type=_json, default={}, help="compute settings (JSON)")
+        p.add_argument("--compute", type=_json, required=True, help="compute settings (JSON)")
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-model", required=True, help="final model file (declared output)")
     p.add_argument("--out-curve", required=True, help="training-curve CSV (declared output)")
     p.add_argument("--state-dir", required=True, help="resumable checkpoints (not an output)")
+    p.add_argument(
+        "--state-inputs",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files or directories whose content also keys the resumable state "
+        "(e.g. the dataset manifest): a change starts the training from step 0",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo-data", _demo_data, "generate the procedural demo dataset in VOC layout")
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--n-train", type=int, default=160, help="images in train_aug")
-    p.add_argument("--n-val", type=int, default=48, help="images in val")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
-    p.add_argument("--style", default="parts", help="visual grammar: parts (default) or tools")
+    p.add_argument("--n-train", type=int, required=True, help="images in train_aug")
+    p.add_argument("--n-val", type=int, required=True, help="images in val")
+    p.add_argument("--size", type=int, required=True, help="image side in pixels")
+    p.add_argument("--seed", type=int, required=True, help="generator seed")
+    p.add_argument("--style", required=True, help="visual grammar: parts or tools")
     p.add_argument("--preview", help="also render a preview grid PNG here")
 
     p = add("check-data", _check_data, "validate a VOC-layout dataset before compute is spent")
@@ -316,7 +326,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="splits that must not hold images without labels (default: train, train_aug)",
     )
+    p.add_argument(
+        "--require-masks",
+        action="append",
+        metavar="SPLIT",
+        help="every image of SPLIT needs a training mask (full supervision; repeatable)",
+    )
     p.add_argument("--report", help="CSV report of every problem found")
+    p.add_argument(
+        "--kind",
+        choices=["images", "labels"],
+        help="check only what readers of images or of labels need (default: both)",
+    )
+    p.add_argument("--manifest", help="write the content manifest of the split (needs --kind)")
+
+    p = add("convert-coco", _convert_coco, "convert MS-COCO instance annotations to VOC layout")
+    p.add_argument("--annotations", required=True, help="instances_*.json of --split")
+    p.add_argument("--images", required=True, help="image folder of --split (e.g. train2014/)")
+    p.add_argument("--out", required=True, help="VOC-layout root to write")
+    p.add_argument("--split", default="train", help="split list name for --annotations")
+    p.add_argument("--val-annotations", help="instances_*.json of the validation split")
+    p.add_argument("--val-images", help="image folder of the validation split")
+    p.add_argument("--val-split", default="val", help="split list name for --val-annotations")
+    p.add_argument("--workers", type=int, default=1, help="processes rasterising masks")
+
+    p = add("prepare-voc", _prepare_voc, "add train_aug and SBD masks to a VOC 2012 tree")
+    p.add_argument("--root", required=True, help="VOCdevkit/VOC2012 folder")
+    p.add_argument("--sbd", help="SBD's dataset folder (cls/*.mat): SegmentationClassAug PNGs")
+    p.add_argument(
+        "--configfile",
+        action="append",
+        help="config files of the run (as for snakemake): report what its experiments lack",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes converting SBD masks")
+
+    p = add("import-checkpoint", _import_checkpoint, "official Puzzle-CAM weights -> a pcam model")
+    p.add_argument("--official", required=True, help="state dict saved by the official code")
+    p.add_argument(
+        "--kind", required=True, choices=["classifier", "affinitynet", "deeplab"], help="network"
+    )
+    p.add_argument("--backbone", required=True, help="our timm name, e.g. resnet50, resnest101e")
+    p.add_argument("--out", required=True, help="pcam model file to write")
 
     p = add("evaluate", _evaluate, "score label PNGs or score maps against ground truth")
     p.add_argument("--root", help="dataset root")
@@ -386,61 +436,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _shard_args(p)
 
-    p = add("summarize", _summarize, "collect evaluation CSVs into results/summary.csv")
-    p.add_argument(
-        "--evals",
-        nargs="+",
-        required=True,
-        help="evaluation CSVs named results/{experiment}/eval/{stage}.csv",
-    )
-    p.add_argument("--out", required=True, help="summary CSV")
-    p.add_argument(
-        "--splits",
-        type=_json,
-        default={"train": "train", "val": "val"},
-        help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}',
-    )
-    p.add_argument(
-        "--paper",
-        type=_json,
-        default={},
-        help="paper mIoU per experiment and stage (JSON), filled on VOC",
-    )
+    from pcam.cli_results import add_commands
 
-    p = add("figure", _figure, "report figures: per-class IoU, training curves, gallery")
-    p.add_argument("kind", choices=["per-class", "curves", "gallery"])
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--evals", nargs="+", help="per-class: evaluation CSVs (one per stage)")
-    p.add_argument("--curves", nargs="+", help="curves: training-curve CSVs")
-    p.add_argument("--dataset", type=_json, help="gallery: dataset settings (JSON)")
-    p.add_argument("--split", help="gallery: split whose first images are shown")
-    p.add_argument("--n-images", type=int, default=6, help="gallery: rows")
-    for name in ("cams", "rw", "pseudo", "deeplab"):
-        p.add_argument(f"--{name}", nargs="+", help=f"gallery: {name} shard directories")
-
+    add_commands(add)
     return parser
 
 
-def _setup_logging(log_file: str | None, verbose: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `pcam` console script."""
+    """Entry point of the `pcam` console script.
+
+    A job given `--compute` (the pipeline's torch jobs) leaves a run record when it succeeds
+    (`pcam.provenance.record_path` of its output): device, precision, times, host, commit.
+    """
+    from pcam.provenance import now, write_run_record
+
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_file, args.verbose)
+    setup_logging(args.log_file, args.verbose, args.command)
+    started = now()
     try:
-        return args.handler(args)
+        code = args.handler(args)
     except PcamError as exc:
         log.error("%s", exc)
         print(f"pcam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        log.exception("pcam %s: unexpected error", args.command)  # the traceback, in the log too
+        return 1
+    if code == 0 and getattr(args, "compute", None):
+        output = getattr(args, "out_model", None) or args.out
+        write_run_record(args.command, output, args.compute, started)
+    return code

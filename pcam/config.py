@@ -1,8 +1,10 @@
 """Configuration: load, validate against the JSON schema, and resolve per-experiment settings.
 
 The only module that knows the YAML's shape. `workflow/rules/common.smk` and every `pcam`
-sub-command validate through here, so a wrong type, unknown key or out-of-range value stops
-the run before any job starts, with the key named in the message.
+sub-command validate through here, so a missing key, wrong type, unknown key or out-of-range
+value stops the run before any job starts, with the key named in the message. The schema
+(`pcam/schemas/config.schema.yaml`, package data) requires every key the pipeline reads and holds
+no defaults: those live in `config/config.yaml` only, so code reads `settings["key"]`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +20,53 @@ import jsonschema
 import yaml
 
 from pcam.errors import ConfigError
+from pcam.pipeline import SECTIONS
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-
-# Stage sections an experiment may override, in pipeline order.
-STAGES = (
-    "classifier",
-    "cams",
-    "affinity_labels",
-    "affinitynet",
-    "rw",
-    "pseudo_labels",
-    "deeplab",
-    "deeplab_inference",
-)
+# Package data (pcam/schemas/), so an installed pcam validates without the repository;
+# workflow/schemas/config.schema.yaml is a link to it, where the workflow layout expects it.
+SCHEMA_FILE = resources.files("pcam") / "schemas" / "config.schema.yaml"
 
 
 @functools.cache
-def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    """The config schema as a dict (JSON Schema 2020-12).
-
-    A definition with `x-extends: NAME` gets the properties of `$defs/NAME` merged into its own,
-    so the three training sections share one list of keys and still reject unknown ones.
-    """
-    with open(path) as fh:
-        schema = yaml.safe_load(fh)
-    defs = schema["$defs"]
-    for definition in defs.values():
-        parent = definition.pop("x-extends", None)
-        if parent:
-            definition["properties"] = {**defs[parent]["properties"], **definition["properties"]}
+def load_schema() -> dict:
+    """The config schema as a dict (JSON Schema 2020-12, standard keywords only)."""
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    return ".".join(parts) if parts else "(top level)"
+def _declared(schema: dict) -> set[str]:
+    """Keys a section declares: its `properties` and those of the `$defs` it takes in (`allOf`)."""
+    names = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        ref = part.get("$ref", "")
+        names |= _declared(load_schema()["$defs"][ref.rpartition("/")[2]] if ref else part)
+    return names
 
 
-def _validate(instance: Any, schema: dict, where: str) -> None:
+def _messages(error: jsonschema.ValidationError, prefix: tuple[str, ...]) -> list[str]:
+    """`key.path: problem` lines of one error; a missing or unknown key is named by its path."""
+    parts = [*prefix, *(str(p) for p in error.absolute_path)]
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return [f"{'.'.join([*parts, k])}: required key is missing" for k in missing]
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        # A failing `allOf` part marks none of its keys evaluated: report only the keys that no
+        # part declares (the failure itself is reported by its own error).
+        unknown = sorted(set(error.instance) - _declared(error.schema))
+        return [f"{'.'.join([*parts, k])}: unknown key" for k in unknown]
+    return [f"{'.'.join(parts) or '(top level)'}: {error.message}"]
+
+
+def _validate(instance: Any, schema: dict, where: str, prefix: tuple[str, ...] = ()) -> None:
+    """ConfigError listing (up to 10) problems of `instance`, each `where: key.path: problem`."""
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{where}: {_key_path(e)}: {e.message}" for e in errors[:10]]
-        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    lines = list(dict.fromkeys(line for e in errors for line in _messages(e, prefix)))
+    if lines:
+        raise ConfigError(
+            "invalid configuration\n  " + "\n  ".join(f"{where}: {x}" for x in lines[:10])
+        )
 
 
 def deep_merge(base: Mapping, override: Mapping) -> dict:
@@ -78,16 +84,13 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     """Validate a whole config, including every experiment's merged stage settings."""
     schema = load_schema()
     _validate(cfg, schema, where)
-    unknown = set(cfg.get("run_experiments") or []) - set(cfg["experiments"])
+    unknown = set(cfg["run_experiments"] or []) - set(cfg["experiments"])
     if unknown:
         raise ConfigError(f"{where}: run_experiments: no such experiment(s) {sorted(unknown)}")
     for name in cfg["experiments"]:
-        for stage in STAGES:
-            _validate(
-                stage_settings(cfg, name, stage),
-                _stage_schema(stage),
-                f"{where}: experiments.{name}.{stage}",
-            )
+        for stage in SECTIONS:
+            merged = stage_settings(cfg, name, stage)
+            _validate(merged, _section_schema(stage), where, ("experiments", name, stage))
     return cfg
 
 
@@ -108,32 +111,45 @@ def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
     return validate_config(cfg, str(path))
 
 
-def _stage_schema(stage: str) -> dict:
+def _section_schema(section: str) -> dict:
     schema = load_schema()
-    if stage not in schema["$defs"]:
-        raise ConfigError(f"unknown stage section {stage!r}")
+    if section not in schema["$defs"]:
+        raise ConfigError(f"unknown config section {section!r}")
     # Keep $defs reachable so the section's $refs resolve.
-    return {"$defs": schema["$defs"], "$ref": f"#/$defs/{stage}"}
+    return {"$defs": schema["$defs"], "$ref": f"#/$defs/{section}"}
 
 
 def validate_stage(stage: str, settings: dict) -> dict:
     """Validate one stage's merged settings (what a rule passes to `pcam ... --settings`)."""
-    _validate(settings, _stage_schema(stage), f"--settings ({stage})")
+    _validate(settings, _section_schema(stage), "--settings", (stage,))
     return settings
 
 
+def validate_compute(compute: dict) -> dict:
+    """Validate the `compute` section (what a rule passes to `pcam ... --compute`)."""
+    _validate(compute, _section_schema("compute"), "--compute", ("compute",))
+    return compute
+
+
 def stage_settings(cfg: dict, experiment: str, stage: str) -> dict:
-    """Defaults of section `stage` deep-merged with the experiment's overrides of it."""
+    """Defaults of section `stage` deep-merged with the experiment's overrides of it.
+
+    `pretrained: true` becomes the `pretrained_dir` folder when that top-level key is set.
+    """
     try:
         exp = cfg["experiments"][experiment]
     except KeyError as exc:
         raise ConfigError(f"experiments.{experiment}: no such experiment") from exc
-    return deep_merge(cfg[stage], exp.get(stage, {}))
+    # An experiment overrides only the sections it names (schema: `experiment`).
+    merged = deep_merge(cfg[stage], exp.get(stage, {}))
+    if "pretrained" in merged and merged["pretrained"] is True and cfg["pretrained_dir"]:
+        merged["pretrained"] = cfg["pretrained_dir"]  # one folder of offline weights for all
+    return merged
 
 
 def experiments(cfg: dict, supervision: str | None = None) -> list[str]:
     """The experiments to run (`run_experiments`, default all), optionally of one supervision."""
-    selected = cfg.get("run_experiments") or list(cfg["experiments"])
+    selected = cfg["run_experiments"] or list(cfg["experiments"])
     return [
         name
         for name in selected

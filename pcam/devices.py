@@ -1,5 +1,5 @@
-"""Devices: the one place that picks a device, the mixed-precision policy, the local GPU slot
-pool (issue 6) and torch.distributed set-up.
+"""Devices: the one place that picks a device (`compute.device`), the mixed-precision policy,
+the backend switches of training, the local GPU slot pool (issue 6) and torch.distributed set-up.
 
 GPU slot pool: Snakemake's `gpu` resource only caps how many GPU jobs run at once; it never says
 which GPU a job may use. `gpu_slots(n)` takes n per-GPU lock files with a non-blocking `flock`,
@@ -33,6 +33,7 @@ from pcam.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISION_MODES = ("auto", "off", "bf16")
+DEVICE_MODES = ("auto", "cuda", "cpu")
 # Set while a process (or its parent, e.g. the launcher of torchrun) holds GPU slots: nested
 # callers and child processes use the held ids instead of locking again.
 HELD_ENV = "PCAM_GPU_SLOTS_HELD"
@@ -44,11 +45,73 @@ _held_fds: list[int] = []  # lock fds of this process, handed on to a torchrun r
 # --------------------------------------------------------------------------- device and precision
 
 
-def choose_device(local_rank: int = 0) -> torch.device:
-    """`cuda:<local_rank>` when CUDA is usable, else the CPU."""
+def _mode(compute: dict) -> str:
+    mode = compute["device"]
+    if mode not in DEVICE_MODES:
+        raise ConfigError(f"compute.device: expected one of {DEVICE_MODES}, got {mode!r}")
+    return mode
+
+
+def cuda_problem() -> str | None:
+    """Why torch cannot use CUDA in this process, or None when it can."""
     if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # driver and runtime problems come as several exception types
+        return str(exc).strip().splitlines()[0]
+    return "torch finds no CUDA device"
+
+
+def slots_needed(compute: dict) -> int:
+    """GPU slots a job takes: `gpus_per_job`, or none when it runs on the CPU by configuration
+    (`device: cpu` or `gpus_per_job: 0`), so a CPU job never holds (or shares) a GPU."""
+    mode, gpus = _mode(compute), int(compute["gpus_per_job"])
+    if mode == "cuda" and gpus == 0:
+        raise ConfigError("compute.device: cuda needs compute.gpus_per_job >= 1, got 0")
+    return 0 if mode == "cpu" else gpus
+
+
+def select_device(compute: dict, slots: list[str], local_rank: int = 0) -> torch.device:
+    """The device of this process: the one place that decides (`compute.device`).
+
+    cpu, or `gpus_per_job: 0`: the CPU. cuda: `cuda:<local_rank>`; ConfigError naming the cause
+    when torch cannot use CUDA. auto: CUDA when usable, else the CPU, with a WARNING naming the
+    cause when GPUs were requested and found (`slots`, from the slot pool: nvidia-smi,
+    CUDA_VISIBLE_DEVICES or SLURM's assignment) but torch cannot use them.
+    """
+    mode = _mode(compute)
+    if slots_needed(compute) == 0:
+        return torch.device("cpu")
+    problem = cuda_problem()
+    if problem is None:
         return torch.device("cuda", local_rank)
+    if mode == "cuda":
+        raise ConfigError(f"compute.device: cuda, but torch cannot use CUDA: {problem}")
+    if slots:
+        log.warning(
+            "GPU(s) %s requested (compute.gpus_per_job = %s) and present, but torch cannot use "
+            "them: %s. Running on the CPU (set compute.device: cuda to fail instead)",
+            ",".join(slots), compute["gpus_per_job"], problem,
+        )  # fmt: skip
+    else:
+        log.info("no GPU found (%s): running on the CPU", problem)
     return torch.device("cpu")
+
+
+def tune_for_training(device: torch.device) -> torch.memory_format:
+    """Backend switches for training on `device`; returns the memory format of conv inputs.
+
+    CUDA: cudnn autotuning (training crops have one fixed size, so the tuned kernels are reused
+    every step; not bit-reproducible, which only CPU runs promise) and channels_last, the layout
+    tensor cores read without transposes. Elsewhere: the default layout, nothing changed.
+    """
+    if device.type != "cuda":
+        return torch.contiguous_format
+    torch.backends.cudnn.benchmark = True
+    return torch.channels_last
 
 
 def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
@@ -139,6 +202,17 @@ def _acquire(ids: list[str], n: int, lock_dir: Path) -> tuple[list[str], list[in
     return [], []
 
 
+def _lock_dir(given: Path | None) -> Path:
+    """The slot pool's lock directory (created): `given`, `PCAM_GPU_LOCK_DIR` or a per-user one."""
+    path = Path(
+        given
+        or os.environ.get(LOCK_DIR_ENV)
+        or Path(tempfile.gettempdir()) / f"pcam-gpu-slots-{os.getuid()}"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def gpu_slots(
     n: int,
@@ -176,12 +250,7 @@ def gpu_slots(
         return
     if n > len(ids):
         raise ConfigError(f"compute.gpus_per_job: {n} GPUs requested, this machine has {len(ids)}")
-    lock_dir = Path(
-        lock_dir
-        or os.environ.get(LOCK_DIR_ENV)
-        or Path(tempfile.gettempdir()) / f"pcam-gpu-slots-{os.getuid()}"
-    )
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir = _lock_dir(lock_dir)
     chosen, fds = _acquire(ids, n, lock_dir)
     if not fds:
         log.info("waiting for %d free GPU slot(s) of %s in %s", n, ids, lock_dir)
@@ -207,9 +276,9 @@ def gpu_slots(
 
 @contextlib.contextmanager
 def inference_device(compute: dict) -> Iterator[torch.device]:
-    """One GPU slot (when the machine has GPUs) and the device to run on, for one job's block."""
-    with gpu_slots(min(int(compute.get("gpus_per_job", 1)), 1)):
-        yield choose_device()
+    """One GPU slot (unless the job runs on the CPU) and the device to run on, for a block."""
+    with gpu_slots(min(slots_needed(compute), 1)) as slots:
+        yield select_device(compute, slots)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -235,8 +304,9 @@ def _env_int(name: str, default: int) -> int:
         ) from exc
 
 
-def init_distributed() -> DistInfo:
-    """Read torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK`; join the process group when world > 1.
+def init_distributed(compute: dict, slots: list[str]) -> DistInfo:
+    """Read torchrun's `RANK`/`WORLD_SIZE`/`LOCAL_RANK`, pick this process's device
+    (`select_device`) and join the process group when world > 1.
 
     Backend: nccl on CUDA, gloo on the CPU. A group that already exists is reused.
     """
@@ -245,7 +315,7 @@ def init_distributed() -> DistInfo:
         _env_int("WORLD_SIZE", 1),
         _env_int("LOCAL_RANK", 0),
     )
-    device = choose_device(local_rank)
+    device = select_device(compute, slots, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

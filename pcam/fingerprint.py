@@ -1,9 +1,13 @@
-"""Code fingerprints for rules: Snakemake does not see the Python modules a rule imports.
+"""What a rule's result depends on beyond its inputs: its code and the compute keys that matter.
 
 `code_fingerprint("pcam.stages.cams")` hashes the stage module and every `pcam` module it imports,
 transitively (imports inside functions included), so editing one stage's code re-runs that stage
 and its descendants only, while editing a shared module (e.g. `pcam.io`) re-runs every stage that
 uses it. Rules put the value in `params:`.
+
+`result_compute` keeps the `compute` keys that change a rule's numbers; the others only say how a
+job is executed (worker and thread counts, the shard count, which is in the paths) and must not
+make results stale.
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The dispatcher is not part of any stage's computation.
 _EXCLUDED = {"pcam.cli", "pcam.__main__"}
+
+# compute keys by role of the rule: what changes its numbers (every key of the schema's `compute`
+# section is in one of these, tests/test_workflow_static.py checks it).
+RESULT_COMPUTE_KEYS = {
+    # the device count sets the per-device batch, hence BatchNorm statistics (spec 15.2);
+    # precision changes every float
+    "training": ("device", "gpus_per_job", "mixed_precision"),
+    # one image at a time: the device count does not matter, precision, CPU vs GPU and a
+    # compiled graph (float rounding) do
+    "inference": ("device", "mixed_precision", "compile_inference"),
+}
+EXECUTION_COMPUTE_KEYS = ("num_workers", "cam_shards", "crf_threads", "torch_threads")
 
 
 def _module_file(name: str) -> Path | None:
@@ -77,3 +93,12 @@ def code_fingerprint(*roots: str) -> str:
         digest.update(str(path.relative_to(PACKAGE_DIR.parent)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def result_compute(compute: dict, role: str) -> dict:
+    """The `compute` keys that change the result of a rule of `role` (training, inference);
+    inference also records whether it runs on a GPU at all (gpus_per_job > 0)."""
+    kept = {key: compute[key] for key in RESULT_COMPUTE_KEYS[role]}
+    if role == "inference":
+        kept["on_gpu"] = compute["gpus_per_job"] > 0 and compute["device"] != "cpu"
+    return kept

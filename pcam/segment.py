@@ -1,7 +1,9 @@
 """Multi-scale, flip-augmented segmentation inference (spec 8.3). Pure: no files, no devices.
 
-The network is any callable `forward(batch) -> logits`; the caller decides the device, the
-precision and `torch.inference_mode()` inside it.
+`scaled_inputs` builds the network inputs of one image on the CPU (bicubic resize through PIL,
+the official behaviour, spec 1.4), so it can run in DataLoader workers; `summed_logits` runs any
+callable `forward(batch) -> logits` on them and sums the maps on whatever device `forward`
+returns them on. The caller decides the device, the precision and `torch.inference_mode()`.
 """
 
 from __future__ import annotations
@@ -29,29 +31,45 @@ def scaled_batch(image: np.ndarray, scale: float, flip: bool) -> Tensor:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
+def scaled_inputs(image: np.ndarray, scales: Sequence[float], flip: bool) -> list[Tensor]:
+    """One `scaled_batch` per scale, in the order of `scales` (at least one)."""
+    if not scales:
+        raise ValueError("multiscale inference needs at least one scale")
+    return [scaled_batch(image, scale, flip) for scale in scales]
+
+
+def summed_logits(
+    forward: Callable[[Tensor], Tensor],
+    inputs: Sequence[Tensor],
+    size: tuple[int, int],
+    flip: bool,
+) -> Tensor:
+    """Summed logits (C, H, W) float32 of the `scaled_inputs` batches of an image of `size`.
+
+    Each batch goes through `forward` ((N, 3, h, w) -> (N, C, h', w') logits, any float dtype);
+    the logits are resized to (H, W) bilinearly (align_corners=False) and the original and the
+    flipped-back mirror added; the maps of every scale are summed (spec 8.3: len(scales) *
+    (1 + flip) maps in total).
+    """
+    if not inputs:
+        raise ValueError("multiscale inference needs at least one scale")
+    total: Tensor | None = None
+    for batch in inputs:
+        logits = forward(batch).float()
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        summed = logits[0] + logits[1].flip(-1) if flip else logits[0]
+        total = summed if total is None else total + summed
+    return total
+
+
 def multiscale_logits(
     forward: Callable[[Tensor], Tensor],
     image: np.ndarray,
     scales: Sequence[float],
     flip: bool,
 ) -> Tensor:
-    """Summed logits (C, H, W) float32, on the device `forward` returns them on (spec 8.3).
-
-    For each scale: resize the uint8 HxWx3 `image` bicubically, normalise, batch it with its
-    flip, run `forward` ((N, 3, h, w) float32 CPU -> (N, C, h', w') logits), resize the logits to
-    (H, W) bilinearly (align_corners=False) and add the original and the flipped-back maps; sum
-    over scales (len(scales) * (1 + flip) maps in total).
-    """
-    if not scales:
-        raise ValueError("multiscale inference needs at least one scale")
-    size = image.shape[:2]
-    total: Tensor | None = None
-    for scale in scales:
-        logits = forward(scaled_batch(image, scale, flip)).float()
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        summed = logits[0] + logits[1].flip(-1) if flip else logits[0]
-        total = summed if total is None else total + summed
-    return total
+    """`summed_logits` of uint8 HxWx3 `image` at `scales` (inputs built here, on the CPU)."""
+    return summed_logits(forward, scaled_inputs(image, scales, flip), image.shape[:2], flip)
 
 
 def multiscale_probs(

@@ -2,21 +2,30 @@
 
 Contract (`results/summary.csv`; extend, never rename): experiment, stage, split, n_images,
 threshold, miou, fg_miou, paper_miou, then best_threshold, best_miou, miou_official,
-pixel_accuracy. mIoU values are percentages.
+pixel_accuracy, then weak_full_ratio (a weak experiment's DeepLab mIoU over the fully supervised
+one's, with or without dCRF alike) and commit (the experiment's `provenance.json`: git sha, with
+"-dirty" when tracked files differed, "unknown" outside a git checkout). mIoU values are
+percentages. Nothing in it depends on time or host, so two runs of one commit write the same bytes.
+
+The table is a pandas frame (`summary_frame`), so per-group aggregations (e.g. over seeds) are
+extra columns computed on it; `display_frame` is the one human-readable view of it, printed by
+`pcam show-summary` and rendered as HTML in the report.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from pcam.errors import DataError
 from pcam.io import write_text
+from pcam.pipeline import scored_stages, segmentation_stages, stage_order, train_stage_names
 
-COLUMNS = [
+BASE_COLUMNS = [
     "experiment",
     "stage",
     "split",
@@ -30,10 +39,9 @@ COLUMNS = [
     "miou_official",
     "pixel_accuracy",
 ]
+COLUMNS = [*BASE_COLUMNS, "weak_full_ratio", "commit"]
+UNKNOWN_COMMIT = "unknown"
 
-# Stage order of the pipeline; the split each stage is scored on.
-STAGE_ORDER = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf", "deeplab_full", "deeplab_full_crf"]
-TRAIN_STAGES = {"cam", "rw", "rw_crf"}
 
 # Paper values on VOC 2012 (spec 12). Table 2 (train split): CAM, +RW, +dCRF per backbone for the
 # full puzzle losses; Table 1 / Table 2 baseline rows for ResNet-50 with other loss subsets.
@@ -78,6 +86,7 @@ def _stage_of(path: Path) -> tuple[str, str]:
 
 
 def _fmt(value) -> str:
+    """One cell of the CSV: "" for missing, 2 decimals from 1 up, 4 significant digits below."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
@@ -85,57 +94,162 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def summary_rows(
+def _eval_row(path: Path, splits: Mapping[str, str], paper: Mapping) -> dict:
+    """The base columns of one evaluation CSV's row."""
+    from pcam.evaluate import read_summary
+
+    experiment, stage = _stage_of(Path(path))
+    s = read_summary(path)
+    return {
+        "experiment": experiment,
+        "stage": stage,
+        "split": splits["train" if stage in train_stage_names() else "val"],
+        **{k: s[k] for k in ("n_images", "threshold", "miou", "fg_miou")},
+        "paper_miou": paper[experiment][stage] if stage in paper.get(experiment, ()) else None,
+        **{k: s[k] for k in ("best_threshold", "best_miou", "miou_official", "pixel_accuracy")},
+    }
+
+
+def _weak_to_full() -> dict[str, str]:
+    """Each weak segmentation stage -> the fully supervised stage of the same kind (± dCRF)."""
+    weak, full = segmentation_stages("weak"), segmentation_stages("full")
+    return {w.name: f.name for w, f in zip(weak, full, strict=True)}
+
+
+def weak_full_ratio(frame: pd.DataFrame) -> pd.Series:
+    """Each weak DeepLab row's mIoU over the fully supervised row of the same kind (± dCRF).
+
+    Defined when the table holds exactly one fully supervised experiment; NaN elsewhere.
+    """
+    pairs = _weak_to_full()
+    full = frame[frame["stage"].isin(pairs.values())]
+    if full["experiment"].nunique() != 1:
+        return pd.Series(math.nan, index=frame.index)
+    reference = full.set_index("stage")["miou"].astype(float)
+    return frame["miou"].astype(float) / frame["stage"].map(pairs).map(reference)
+
+
+def summary_frame(
     evals: Sequence[Path],
     splits: Mapping[str, str],
     paper: Mapping[str, Mapping[str, float]],
-) -> list[dict]:
-    """Rows of the summary from evaluation CSVs; `splits` maps "train"/"val" to split names."""
-    from pcam.evaluate import read_summary
+    commits: Mapping[str, str],
+) -> pd.DataFrame:
+    """The summary (columns `COLUMNS`), sorted by experiment then pipeline stage order.
 
-    rows = []
-    for path in evals:
-        experiment, stage = _stage_of(Path(path))
-        s = read_summary(path)
-        rows.append(
-            {
-                "experiment": experiment,
-                "stage": stage,
-                "split": splits["train" if stage in TRAIN_STAGES else "val"],
-                "n_images": s["n_images"],
-                "threshold": s.get("threshold"),
-                "miou": s["miou"],
-                "fg_miou": s["fg_miou"],
-                "paper_miou": paper.get(experiment, {}).get(stage),
-                "best_threshold": s.get("best_threshold"),
-                "best_miou": s.get("best_miou"),
-                "miou_official": s.get("miou_official"),
-                "pixel_accuracy": s.get("pixel_accuracy"),
-            }
-        )
-    order = {name: i for i, name in enumerate(STAGE_ORDER)}
-    rows.sort(key=lambda r: (r["experiment"], order.get(r["stage"], len(order))))
-    return rows
+    `splits` maps "train"/"val" to split names; `paper` experiment -> stage -> mIoU; `commits`
+    experiment -> commit label (missing: "unknown").
+    """
+    rows = [_eval_row(Path(p), splits, paper) for p in evals]
+    frame = pd.DataFrame.from_records(rows, columns=BASE_COLUMNS)
+    order = {name: i for i, name in enumerate(stage_order())}
+    frame["_order"] = frame["stage"].map(lambda s: order.get(s, len(order)))
+    frame = frame.sort_values(["experiment", "_order"], kind="stable").drop(columns="_order")
+    frame = frame.reset_index(drop=True)
+    frame["weak_full_ratio"] = weak_full_ratio(frame)
+    frame["commit"] = frame["experiment"].map(lambda e: commits.get(e, UNKNOWN_COMMIT))
+    return frame[COLUMNS]
 
 
-def render_table(rows: Sequence[Mapping]) -> str:
-    """A fixed-width text table of the main columns, for the terminal."""
-    cols = [
-        "experiment",
-        "stage",
-        "split",
-        "n_images",
-        "threshold",
-        "miou",
-        "fg_miou",
-        "best_miou",
-        "paper_miou",
-    ]
-    cells = [[_fmt(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+def to_csv(frame: pd.DataFrame) -> str:
+    """The CSV text of a summary frame, every cell formatted by `_fmt`."""
+    buf = io.StringIO()
+    frame.astype(object).map(_fmt).to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue()
+
+
+def read_summary_csv(path: str | Path | io.TextIOBase) -> pd.DataFrame:
+    """`results/summary.csv` as written (cells as strings, "" for missing)."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: cannot read the summary ({exc})") from exc
+    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: not a summary table (no column {missing[0]!r})")
+    # A summary written before these columns existed: no ratio, commit unknown.
+    for column, missing_value in (("weak_full_ratio", ""), ("commit", UNKNOWN_COMMIT)):
+        if column not in frame.columns:
+            frame[column] = missing_value
+    return frame
+
+
+# --------------------------------------------------------------------------- the readable view
+
+GT_BEST = "GT-chosen best"
+DISPLAY_NOTES = (
+    f"mIoU in percent. {GT_BEST}: mIoU at the background threshold chosen with ground truth "
+    "(a diagnostic, not a weakly supervised result). weak/full: DeepLab on pseudo-labels over "
+    "DeepLab on ground truth."
+)
+
+
+def _best(summary: pd.DataFrame) -> pd.Series:
+    """The GT-chosen best as "miou @threshold" on rows with a sweep, "" elsewhere."""
+    joined = summary["best_miou"] + " @" + summary["best_threshold"]
+    return joined.where(summary["best_miou"] != "", "")
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The human-readable table of a summary read by `read_summary_csv` (string cells).
+
+    Columns: experiment, stage, split, images, threshold, mIoU, fg mIoU, the GT-chosen best
+    (mIoU @ threshold), and, when any row has one, paper mIoU and weak/full.
+    """
+    view = pd.DataFrame(
+        {
+            "experiment": summary["experiment"],
+            "stage": summary["stage"],
+            "split": summary["split"],
+            "images": summary["n_images"],
+            "threshold": summary["threshold"],
+            "mIoU": summary["miou"],
+            "fg mIoU": summary["fg_miou"],
+            GT_BEST: _best(summary),
+            "paper mIoU": summary["paper_miou"],
+            "weak/full": summary["weak_full_ratio"],
+        }
+    )
+    optional = ["paper mIoU", "weak/full"]
+    return view.drop(columns=[c for c in optional if (view[c] == "").all()])
+
+
+def pivot_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Experiments x the weak experiments' stages (mIoU, string cells); a fully supervised row's
+    stages sit under their weak counterparts; score-map stages add the GT-chosen best."""
+    full_to_weak = {full: weak for weak, full in _weak_to_full().items()}
+    best = _best(summary)
+    cell = summary["miou"].where(best == "", summary["miou"] + f" ({GT_BEST} " + best + ")")
+    frame = summary.assign(column=summary["stage"].replace(full_to_weak), cell=cell)
+    pivot = frame.pivot(index="experiment", columns="column", values="cell")
+    columns = [s.name for s in scored_stages("weak") if s.name in pivot.columns]
+    return pivot.reindex(columns=columns).fillna("").reset_index().rename_axis(columns=None)
+
+
+def commits_line(summary: pd.DataFrame) -> str:
+    """Which commit each experiment's numbers came from, as one line."""
+    groups = summary.groupby("commit", sort=True)["experiment"].unique()
+    parts = [f"{commit} ({', '.join(sorted(names))})" for commit, names in groups.items()]
+    return "commit: " + "; ".join(parts)
+
+
+def fixed_width(frame: pd.DataFrame, text_columns: int = 3) -> str:
+    """A frame of strings as aligned text: the first `text_columns` left, the numbers right."""
+    rows = [list(frame.columns), *(list(r) for r in frame.itertuples(index=False))]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(frame.columns))]
+    return "\n".join(
+        "  ".join(
+            str(v).ljust(w) if i < text_columns else str(v).rjust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def render_text(summary: pd.DataFrame) -> str:
+    """The fixed-width table `pcam show-summary` prints (and `make demo` at its end)."""
+    table = fixed_width(display_frame(summary))
+    return f"{table}\n\n{commits_line(summary)}\n{DISPLAY_NOTES}"
 
 
 def summarize(
@@ -144,13 +258,9 @@ def summarize(
     out: Path,
     splits: Mapping[str, str],
     paper: Mapping[str, Mapping[str, float]] | None = None,
+    commits: Mapping[str, str] | None = None,
 ) -> str:
     """Write `out` (CSV, atomically) from the evaluation CSVs and return the text table."""
-    rows = summary_rows(evals, splits, paper or {})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
-    write_text(out, buf.getvalue())
-    return render_table(rows)
+    text = to_csv(summary_frame(evals, splits, paper or {}, commits or {}))
+    write_text(out, text)
+    return render_text(read_summary_csv(io.StringIO(text)))

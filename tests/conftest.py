@@ -11,7 +11,11 @@ from PIL import Image
 from pcam.data.demo import generate
 from pcam.data.voc import voc_palette
 from pcam.io import save_label_png
+from tests.snakemake_runner import Project, make_project
 
+# threads of the end-to-end run: CRF rules and evaluations get 2, torch rules 1 each, so two
+# concurrent torch jobs on 2 cores do not each start 2 threads
+THREADS = "compute:\n  crf_threads: 2\n  torch_threads: 1\nevaluation:\n  workers: 2\n"
 VOC_TREE_SIZE = (18, 24)  # H, W: not square, so a transposed array would show
 
 
@@ -108,3 +112,20 @@ def voc_tree(tmp_path: Path) -> Path:
     for name, text in VOC_TREE_SPLITS.items():
         (root / "ImageSets" / "Segmentation" / f"{name}.txt").write_bytes(text.encode())
     return root
+
+
+@pytest.fixture(scope="session")
+def done(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A project (a git checkout of the code) whose whole DAG has run once on the tiny config,
+    under a results folder and a dataset root whose names hold spaces.
+
+    Shared by the end-to-end test modules: tests may plan and build more (e.g. the report), and
+    may edit code only to restore it.
+    """
+    base = tmp_path_factory.mktemp("e2e")
+    project = make_project(base, results="my results", data="my data/demo", git=True)
+    threads = base / "threads.yaml"
+    threads.write_text(THREADS)
+    project.configfiles += (threads,)
+    project.run("--cores", "2", timeout=3600)  # a bound for a loaded machine, not a target
+    return project

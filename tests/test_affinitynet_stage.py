@@ -19,13 +19,15 @@ def test_backbone_starts_from_the_classifier_with_its_bn_statistics(tmp_path):
     classifier = Classifier("resnet18", 5)
     with torch.no_grad():
         classifier.backbone.bn1.running_mean.fill_(0.25)  # as if trained
-    save_model(tmp_path / "c.pt", "classifier", classifier, {"backbone": "resnet18"}, 5)
+    settings = {"backbone": "resnet18", "pretrained": False, "output_stride": 16, "norm": "bn"}
+    save_model(tmp_path / "c.pt", "classifier", classifier, settings, 5)
     model = AffinityNet("resnet18")
     load_classifier_backbone(model, tmp_path / "c.pt")
     for key, value in classifier.backbone.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[key], value, msg=key)
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    save_model(tmp_path / "a.pt", "affinitynet", model, {"backbone": "resnet18"}, 5)
+    aff_settings = {"backbone": "resnet18", "pretrained": False}
+    save_model(tmp_path / "a.pt", "affinitynet", model, aff_settings, 5)
     with pytest.raises(DataError, match="not a classifier"):
         load_classifier_backbone(model, tmp_path / "a.pt")
 

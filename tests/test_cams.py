@@ -9,15 +9,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcam.cams import multiscale_cams, normalise_present, strided_size
+from pcam.cams import max_normalise, multiscale_cams, strided_size
 from pcam.data.voc import DatasetSpec, image_labels, read_split
 from pcam.errors import DataError
+from pcam.inference import ShardRun
 from pcam.io import shard_ids
 from pcam.models import save_model
 from pcam.models.classifier import Classifier
+from pcam.segment import scaled_inputs
 from pcam.stages.cams import make_cams
+from tests.stage_settings import cpu_compute
 
 torch.set_num_threads(1)
+SETTINGS = {"backbone": "resnet18", "pretrained": False, "output_stride": 16, "norm": "bn"}
+COMPUTE = cpu_compute(gpus_per_job=1)  # on a machine without GPUs: no slot
+
+
+def _cams(forward, image: np.ndarray, scales, flip: bool, channels=None):
+    return multiscale_cams(
+        forward, scaled_inputs(image, scales, flip), image.shape[:2], flip, channels
+    )
 
 
 def _pooled(x: torch.Tensor) -> torch.Tensor:
@@ -40,31 +51,46 @@ def test_strided_size_rounds_up():
 
 def test_shapes_and_scale_sum():
     image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    strided, high = multiscale_cams(_pooled, image, [0.5, 1.0, 2.0], flip=False)
+    strided, high = _cams(_pooled, image, [0.5, 1.0, 2.0], flip=False)
     assert strided.shape == (2, 13, 18) and high.shape == (2, 50, 70)
     # ReLU(pool + 3) > 0 everywhere; each scale adds a positive map
-    one, _ = multiscale_cams(_pooled, image, [1.0], flip=False)
+    one, _ = _cams(_pooled, image, [1.0], flip=False)
     assert (strided > one).all()
+
+
+def test_kept_channels_equal_the_same_channels_of_all():
+    image = np.random.default_rng(2).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+
+    def net(x: torch.Tensor) -> torch.Tensor:  # 3 channels, one negative (ReLU must clip it)
+        pooled = F.avg_pool2d(x, 16, ceil_mode=True)
+        return torch.cat([pooled[:, :1] - 5, pooled[:, 1:2] + 1, pooled[:, 2:] + 2], dim=1)
+
+    every = _cams(net, image, [0.5, 1.5], flip=True)
+    kept = _cams(net, image, [0.5, 1.5], flip=True, channels=[2, 0])
+    for all_maps, few in zip(every, kept, strict=True):
+        assert few.shape[0] == 2
+        torch.testing.assert_close(few, all_maps[[2, 0]], rtol=0, atol=0)
+    assert float(kept[0][1].abs().max()) == 0.0  # the negative channel, rectified
 
 
 def test_flip_is_flipped_back_before_summing():
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    plain, plain_hr = multiscale_cams(_pooled, image, [1.0], flip=False)
-    both, both_hr = multiscale_cams(_pooled, image, [1.0], flip=True)
+    plain, plain_hr = _cams(_pooled, image, [1.0], flip=False)
+    both, both_hr = _cams(_pooled, image, [1.0], flip=True)
     torch.testing.assert_close(both, 2 * plain, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(both_hr, 2 * plain_hr, rtol=1e-4, atol=1e-4)
-    ramp, _ = multiscale_cams(_ramp, image, [1.0], flip=True)  # ramp + mirrored ramp
+    ramp, _ = _cams(_ramp, image, [1.0], flip=True)  # ramp + mirrored ramp
     torch.testing.assert_close(ramp, ramp.flip(-1))
 
 
-def test_normalise_present_keeps_listed_channels_with_unit_max():
+def test_max_normalise_gives_each_channel_a_unit_max():
     cams = torch.stack([torch.full((4, 4), float(c + 1)) for c in range(5)])
     cams[3, 0, 0] = 10.0
-    out = normalise_present(cams, [1, 3])
+    out = max_normalise(cams[[1, 3]])
     assert out.shape == (2, 4, 4)
     assert out.amax(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
-    assert float(out[1, 1, 1]) == pytest.approx(4 / 10, abs=1e-5)
-    assert normalise_present(cams, []).shape == (0, 4, 4)
+    assert float(out[1, 1, 1]) == pytest.approx(4 / (10 + 1e-5), abs=1e-7)
+    assert max_normalise(cams[[]]).shape == (0, 4, 4)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +101,11 @@ def spec(demo_root: Path) -> DatasetSpec:
 def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
     torch.manual_seed(0)
     model = Classifier("resnet18", spec.num_classes - 1)
-    save_model(tmp_path / "model.pt", "classifier", model, {"backbone": "resnet18"}, 8)
+    save_model(tmp_path / "model.pt", "classifier", model, SETTINGS, 8)
     settings = {"scales": [0.5, 1.0], "flip": True, "dtype": "float16"}
-    compute = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
     out = tmp_path / "cams"
-    kwargs = dict(compute=compute, model=tmp_path / "model.pt", split=spec.train_split)
-    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    run = ShardRun(tmp_path / "model.pt", spec.train_split, 0, 3, COMPUTE)
+    make_cams(spec, settings, run, out)
     mine = shard_ids(read_split(spec, spec.train_split), 0, 3)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.npz" for i in mine)
     for image_id in mine:
@@ -95,16 +120,15 @@ def test_make_cams_writes_present_classes_and_resumes(spec, tmp_path):
     stamp = first.stat().st_mtime_ns
     first_other = out / f"{mine[1]}.npz"
     first_other.unlink()
-    make_cams(spec, settings, shard=0, num_shards=3, out_dir=out, **kwargs)
+    make_cams(spec, settings, run, out)
     assert first.stat().st_mtime_ns == stamp and first_other.exists()
 
 
 def test_make_cams_refuses_a_model_of_another_kind(spec, tmp_path):
     three = Classifier("resnet18", 3)
-    save_model(tmp_path / "m.pt", "classifier", three, {"backbone": "resnet18"}, 3)
-    with pytest.raises(DataError, match="3 classes"):
+    save_model(tmp_path / "m.pt", "classifier", three, SETTINGS, 3)
+    with pytest.raises(DataError, match=rf"{tmp_path / 'm.pt'}: predicts 3 classes"):
         make_cams(
-            spec, {"scales": [1.0], "flip": False, "dtype": "float32"}, compute={},
-            model=tmp_path / "m.pt", split=spec.val_split, shard=0, num_shards=1,
-            out_dir=tmp_path / "out",
+            spec, {"scales": [1.0], "flip": False, "dtype": "float32"},
+            ShardRun(tmp_path / "m.pt", spec.val_split, 0, 1, COMPUTE), tmp_path / "out",
         )  # fmt: skip

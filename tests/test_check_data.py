@@ -162,3 +162,56 @@ def test_cli_exit_code_and_report(spec, tmp_path, capsys):
     rows = list(csv.DictReader(report.open()))
     assert [(r["split"], r["image_id"], r["path"]) for r in rows] == [("train", TRAIN, str(broken))]
     assert str(broken) in capsys.readouterr().err
+
+
+def test_an_empty_split_is_refused(spec):
+    spec.split_path("val").write_text("\n\n")
+    problem = _only(check_dataset(spec, ["val"]), spec.split_path("val"), "empty")
+    assert problem.split == "val"
+
+
+def test_duplicated_ids_are_refused_and_named(spec):
+    path = spec.split_path("val")
+    ids = path.read_text().split()
+    path.write_text("\n".join([*ids, ids[2], ids[0], ids[2]]) + "\n")
+    problems = check_dataset(spec, ["val"])
+    assert {(p.image_id, p.path) for p in problems} == {(ids[2], str(path)), (ids[0], str(path))}
+    by_id = {p.image_id: p.problem for p in problems}
+    assert f"id {ids[2]} is listed 3 times" in by_id[ids[2]]
+    assert "listed 2 times" in by_id[ids[0]]
+
+
+def test_kinds_split_the_checks(spec):
+    spec.image_path(VAL).write_bytes(b"not a jpeg")
+    mask = spec.mask_path(TRAIN)
+    save_label_png(mask, np.full((8, 8), 1, dtype=np.uint8), spec.palette)  # wrong size
+    images = check_dataset(spec, ["val", "train"], kind="images")
+    assert [(p.image_id, p.path) for p in images] == [(VAL, str(spec.image_path(VAL)))]
+    labels = check_dataset(spec, ["val", "train"], kind="labels")
+    assert [(p.image_id, p.path) for p in labels] == [(TRAIN, str(mask))]
+    assert "but the image is" in labels[0].problem  # size read from the header alone
+    assert len(check_dataset(spec, ["val", "train"])) == 2
+
+
+def test_cli_logs_every_problem_and_writes_the_manifest_only_when_clean(spec, tmp_path):
+    log, report, manifest = tmp_path / "c.log", tmp_path / "c.csv", tmp_path / "m.tsv"
+    argv = ["--log-file", str(log), "check-data", "--root", str(spec.root), "--split", "val"]
+    argv += ["--kind", "images", "--report", str(report), "--manifest", str(manifest)]
+    assert main(argv) == 0
+    assert manifest.read_text().startswith("path\tsize\tmtime_ns\tsha256\n")
+    manifest.unlink()
+    ids = spec.split_path("val").read_text().split()
+    spec.split_path("val").write_text("\n".join([*ids, ids[1]]))
+    broken = spec.image_path(ids[0])
+    broken.write_bytes(b"not a jpeg")
+    assert main(argv) == 1
+    assert not manifest.exists()
+    text = log.read_text()
+    assert f"{broken}: image does not decode" in text
+    assert f"id {ids[1]} is listed 2 times" in text
+    assert "2 problem(s)" in text and str(report) in text
+    assert len(list(csv.DictReader(report.open()))) == 2
+    # the history beside the log keeps both attempts (Snakemake deletes the log before a re-run)
+    history = (tmp_path / "c.history.log").read_text()
+    assert history.count("pcam check-data: attempt started") == 2
+    assert main([*argv[:-2], "--manifest", str(manifest), "--split", "train"]) == 2

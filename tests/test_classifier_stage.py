@@ -9,19 +9,17 @@ import pytest
 import torch
 
 from pcam.config import load_config, stage_settings, validate_stage
+from pcam.data.labelled import ClassificationDataset
 from pcam.data.voc import DatasetSpec, image_labels, read_split
 from pcam.errors import ConfigError, DataError
 from pcam.models import load_model
 from pcam.models.classifier import Classifier, PuzzleClassifier
-from pcam.stages.classifier import (
-    ClassificationDataset,
-    build_model,
-    make_loss_fn,
-    train_classifier,
-)
+from pcam.stages.classifier import build_model, make_loss_fn, train_classifier
+from pcam.train import TrainingJob
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
+COMPUTE = {"device": "cpu", "gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
 
 
 def _settings(**overrides) -> dict:
@@ -33,6 +31,10 @@ def _settings(**overrides) -> dict:
     return validate_stage("classifier", settings)
 
 
+def _job(tmp_path: Path) -> TrainingJob:
+    return TrainingJob(tmp_path / "model.pt", tmp_path / "curve.csv", tmp_path / "state")
+
+
 @pytest.fixture(scope="module")
 def spec(demo_root: Path) -> DatasetSpec:
     return DatasetSpec.from_settings({"root": str(demo_root)})
@@ -42,15 +44,14 @@ def test_dataset_items_are_normalised_crops_with_labels(spec):
     ids = read_split(spec, spec.train_split)
     dataset = ClassificationDataset(spec, ids, _settings(), seed=0)
     assert len(dataset) == len(ids) == 24
-    item = dataset[3]
+    item = dataset[0, 3]  # (epoch, index)
     assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
     assert item["labels"].shape == (spec.num_classes - 1,)
     np.testing.assert_array_equal(item["labels"].numpy(), image_labels(spec, ids[3]))
     assert item["image"].abs().max() < 3.0  # normalised values, not 0..255
     # reproducible per (seed, epoch, index); a new epoch gives new draws
-    assert torch.equal(dataset[3]["image"], item["image"])
-    dataset.set_epoch(1)
-    assert not torch.equal(dataset[3]["image"], item["image"])
+    assert torch.equal(dataset[0, 3]["image"], item["image"])
+    assert not torch.equal(dataset[1, 3]["image"], item["image"])
 
 
 class _CountingForward:
@@ -98,37 +99,15 @@ def test_crop_size_must_fit_the_puzzle():
 
 def test_a_split_smaller_than_a_batch_is_refused(spec, tmp_path):
     with pytest.raises(DataError, match="train_aug.txt"):
-        train_classifier(
-            spec,
-            _settings(batch_size=32),
-            compute={},
-            out_model=tmp_path / "m.pt",
-            out_curve=tmp_path / "c.csv",
-            state_dir=tmp_path / "s",
-        )
-    assert not (tmp_path / "m.pt").exists()
+        train_classifier(spec, _settings(batch_size=32), compute=COMPUTE, job=_job(tmp_path))
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_train_classifier_end_to_end(spec, tmp_path):
-    out_model, out_curve = tmp_path / "model.pt", tmp_path / "curve.csv"
-    train_classifier(
-        spec,
-        _settings(),
-        compute={"gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0},
-        out_model=out_model,
-        out_curve=out_curve,
-        state_dir=tmp_path / "state",
-    )
-    model = load_model(out_model)
+    job = _job(tmp_path)
+    train_classifier(spec, _settings(), compute=COMPUTE, job=job)
+    model = load_model(job.out_model)
     assert isinstance(model, Classifier)  # the plain classifier, not the puzzle wrapper
     logits, cams = model(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, spec.num_classes - 1) and cams.shape[2:] == (4, 4)
-    assert out_curve.exists() and out_curve.read_text().strip()
-
-
-def test_gt_checkpoint_selection_is_refused_not_ignored(spec, tmp_path):
-    with pytest.raises(ConfigError, match="select_with_gt"):
-        train_classifier(
-            spec, _settings(select_with_gt=True), compute={}, out_model=tmp_path / "m.pt",
-            out_curve=tmp_path / "c.csv", state_dir=tmp_path / "s",
-        )  # fmt: skip
+    assert job.out_curve.read_text().strip()

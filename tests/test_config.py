@@ -1,15 +1,69 @@
 """The schema rejects bad config, naming the key; experiments merge onto stage defaults."""
 
 import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pcam.config import load_config, stage_settings, validate_config, validate_stage
+from pcam.cli import main
+from pcam.config import (
+    load_config,
+    load_schema,
+    stage_settings,
+    validate_compute,
+    validate_config,
+    validate_stage,
+)
 from pcam.errors import ConfigError
+from tests.snakemake_runner import TINY, make_project, parse_job_list
 
-CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config" / "config.yaml"
+
+
+def _parts(node: dict) -> list[dict]:
+    """A schema node with its `$ref` resolved, plus every part it takes in (`allOf`, `then`)."""
+    while "$ref" in node:
+        node = load_schema()["$defs"][node["$ref"].rpartition("/")[2]]
+    members = [*node.get("allOf", []), *([node["then"]] if "then" in node else [])]
+    return [node, *(part for member in members for part in _parts(member))]
+
+
+def required_paths(node: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path the schema requires, depth first (experiments' contents aside)."""
+    parts = _parts(node)
+    properties = {k: v for part in parts for k, v in part.get("properties", {}).items()}
+    for key in dict.fromkeys(k for part in parts for k in part.get("required", [])):
+        yield (*prefix, key)
+        if key in properties:
+            yield from required_paths(properties[key], (*prefix, key))
+
+
+REQUIRED = list(required_paths(load_schema()))
+
+
+def key_paths(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path of a loaded YAML mapping."""
+    for key, value in tree.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from key_paths(value, (*prefix, key))
+
+
+def _without(cfg: dict, path: tuple[str, ...]) -> dict:
+    out = copy.deepcopy(cfg)
+    parent = out
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +146,153 @@ def test_voc_config_restores_every_paper_value_the_demo_defaults_shrink():
     assert stage_settings(cfg, "puzzle", "rw")["exp_times"] == 8
     assert stage_settings(cfg, "puzzle", "deeplab")["norm"] == "frozen"
     assert stage_settings(cfg, "baseline", "classifier")["loss_terms"] == ["cls"]
+
+
+def test_config_yaml_holds_exactly_the_required_keys(base):
+    """Every default is written in config.yaml and the schema requires every key written there
+    (an experiment's contents are its own: only `supervision` is required of each)."""
+    written = {p for p in key_paths(base) if p[0] != "experiments" or len(p) == 1}
+    assert len(REQUIRED) > 100
+    assert set(REQUIRED) == written
+    assert all(exp["supervision"] for exp in base["experiments"].values())
+
+
+@pytest.mark.parametrize("path", REQUIRED, ids=".".join)
+def test_each_required_key_missing_is_named(base, path):
+    key = ".".join(path)
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: required key is missing")):
+        validate_config(_without(base, path))
+
+
+def test_an_experiment_needs_its_supervision(base):
+    cfg = _without(base, ("experiments", "puzzle", "supervision"))
+    with pytest.raises(ConfigError, match="experiments.puzzle.supervision: required key"):
+        validate_config(cfg)
+
+
+def test_every_key_of_config_yaml_is_commented():
+    """Each key carries a comment on its line, or on the line above (meaning, unit, paper)."""
+    lines = CONFIG.read_text().splitlines()
+    key = re.compile(r"^\s*(?:[A-Za-z_][\w-]*|<<):(.*)$")
+    bare = [
+        line
+        for i, line in enumerate(lines)
+        if (m := key.match(line))
+        and "#" not in m.group(1)
+        and not lines[i - 1].lstrip().startswith("#")
+    ]
+    assert bare == []
+
+
+def test_schema_is_plain_json_schema_without_defaults():
+    """Standard 2020-12 keywords only (no home-made `x-` ones) and no `default:` anywhere:
+    config.yaml is the one place defaults live."""
+    found: list[str] = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            found.extend(f"{path}.{k}" for k in node if k == "default" or k.startswith("x-"))
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(load_schema(), "")
+    assert found == []
+
+
+def test_overrides_merge_into_sections_and_need_not_repeat_keys(base):
+    cfg = copy.deepcopy(base)
+    cfg["experiments"]["short"] = {"supervision": "weak", "rw": {"radius": 3}}
+    assert stage_settings(validate_config(cfg), "short", "rw") == {**base["rw"], "radius": 3}
+    cfg["experiments"]["short"]["rw"] = {"radius": 3, "radious": 4}
+    with pytest.raises(ConfigError, match="experiments.short.rw.radious: unknown key"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("overlay", [TINY, CONFIG.parent / "voc.yaml"], ids=lambda p: p.name)
+def test_overlays_on_config_yaml_validate(overlay):
+    cfg = load_config(CONFIG, yaml.safe_load(overlay.read_text()))
+    assert cfg["compute"]["cam_shards"] >= 1
+
+
+def test_unknown_key_in_a_training_section_is_named_alone(base):
+    """The shared training keys come in through allOf: a bad one does not make the others look
+    unknown (unevaluatedProperties), and a misspelt key is named."""
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIG, {"deeplab": {"lr": -1, "learing_rate": 0.1}})
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 2
+    assert "deeplab.learing_rate: unknown key" in lines[0]
+    assert "deeplab.lr: " in lines[1]
+
+
+def test_compute_is_validated(base):
+    assert validate_compute(copy.deepcopy(base["compute"])) == base["compute"]
+    with pytest.raises(ConfigError, match="--compute: compute.cam_shards: required key"):
+        validate_compute(_without(base, ("compute", "cam_shards"))["compute"])
+    with pytest.raises(ConfigError, match="compute.mixed_precision"):
+        validate_compute({**base["compute"], "mixed_precision": "fp8"})
+
+
+def test_cli_refuses_bad_compute_before_anything_runs(base, tmp_path, capsys):
+    out = tmp_path / "cams"
+    settings = stage_settings(validate_config(copy.deepcopy(base)), "puzzle", "cams")
+    compute = _without(base, ("compute", "num_workers"))["compute"]
+    argv = [
+        "make-cams", "--dataset", json.dumps({"root": str(tmp_path / "data")}),
+        "--settings", json.dumps(settings), "--compute", json.dumps(compute),
+        "--model", str(tmp_path / "no-model.pt"), "--split", "train", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert "compute.num_workers: required key is missing" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_snakemake_stops_before_any_job_when_a_key_is_missing(base, tmp_path):
+    """A dry run of the real workflow fails naming the key, and plans (and runs) nothing."""
+    project = make_project(tmp_path)
+    broken = _without(base, ("rw", "radius"))
+    (project.root / "config" / "config.yaml").write_text(yaml.safe_dump(broken))
+    assert validate_config(yaml.safe_load(yaml.safe_dump(base)))  # the same file, key kept
+    proc = subprocess.run(
+        project.command("-n", "--cores", "1"),
+        env=project.env, cwd=project.work, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rw.radius: required key is missing" in output
+    assert parse_job_list(output) == []
+    assert sorted(p.name for p in project.work.iterdir()) in ([], [".snakemake"])
+
+
+def test_installed_wheel_ships_the_schema(tmp_path):
+    """A non-editable install (a built wheel, installed into a bare folder) validates config."""
+    pytest.importorskip("setuptools")  # the build backend, used without build isolation (offline)
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "pcam", src / "pcam", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")]
+    subprocess.run([*build, str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("pcam-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    shutil.rmtree(src)  # nothing of the source tree is left to read the schema from
+    check = (
+        "import sys, pcam, pcam.config as c; "
+        "assert pcam.__file__.startswith(sys.argv[1]), pcam.__file__; "
+        "c.load_config(sys.argv[2]); print(c.SCHEMA_FILE)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check, str(site), str(CONFIG)],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(str(site / "pcam" / "schemas"))

@@ -1,4 +1,5 @@
-"""DeepLabV3+ (spec 8.1), its loss (8.2), training dataset, and the train/infer stages (8.3)."""
+"""DeepLabV3+ (spec 8.1), its loss (8.2), training dataset and training stage (inference:
+test_segmentation_inference.py)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from pcam.config import load_config, stage_settings, validate_stage
 from pcam.data.voc import DatasetSpec, load_image, read_split, training_mask
 from pcam.errors import ConfigError, DataError
-from pcam.io import load_label_png, save_label_png
+from pcam.io import save_label_png
 from pcam.models.backbone import FixedBatchNorm2d
 from pcam.models.deeplab import DeepLabV3Plus
 from pcam.stages.deeplab import (
-    SERVER_LAYOUT,
     SegmentationDataset,
-    infer_deeplab,
     segmentation_loss,
     train_deeplab,
 )
+from pcam.train import TrainingJob
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
-COMPUTE = {"gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
+COMPUTE = {"device": "cpu", "gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
 
 
 def _settings(stage: str = "deeplab", **overrides) -> dict:
@@ -184,14 +183,14 @@ def test_dataset_reads_pseudo_labels_or_ground_truth(spec, tmp_path):
     dirs = _pseudo_label_dirs(spec, tmp_path, ids)
     pseudo = SegmentationDataset(spec, ids, _settings(resize_range=[64, 64], crop_size=64), 0, dirs)
     truth = SegmentationDataset(spec, ids, _settings(resize_range=[64, 64], crop_size=64), 0, None)
-    a, b = pseudo[5], truth[5]
+    a, b = pseudo[0, 5], truth[0, 5]  # (epoch, index)
     assert a["image"].shape == (3, 64, 64) and a["mask"].shape == (64, 64)
     assert a["mask"].dtype == torch.int64 and torch.equal(a["image"], b["image"])
     # same augmentation, different label sources: shifted foreground, identical background/void
     fg = (b["mask"] > 0) & (b["mask"] < 255)
     assert fg.any() and torch.equal(a["mask"][~fg], b["mask"][~fg])
     assert torch.equal(a["mask"][fg], b["mask"][fg] % (spec.num_classes - 1) + 1)
-    assert torch.equal(pseudo[5]["mask"], a["mask"])  # reproducible per (seed, epoch, index)
+    assert torch.equal(pseudo[0, 5]["mask"], a["mask"])  # reproducible per (seed, epoch, index)
 
 
 def test_dataset_refuses_bad_labels(spec, tmp_path):
@@ -203,9 +202,9 @@ def test_dataset_refuses_bad_labels(spec, tmp_path):
     save_label_png(tmp_path / f"{ids[1]}.png", np.full(image.shape[:2], 40, np.uint8), spec.palette)
     dataset = SegmentationDataset(spec, ids, _settings(), 0, [tmp_path])
     with pytest.raises(DataError, match="differs from the image"):
-        dataset[0]
+        dataset[0, 0]
     with pytest.raises(DataError, match="label 40 is not a class index"):
-        dataset[1]
+        dataset[0, 1]
 
 
 # --------------------------------------------------------------------------- stages
@@ -215,22 +214,21 @@ def test_select_with_val_writes_the_best_epoch_and_logs_every_score(spec, tmp_pa
     from pcam.models import load_model
     from pcam.stages.deeplab import val_miou_fn
 
-    train_deeplab(
-        spec,
-        _settings(select_with_val=True, epochs=3, lr=0.05),
-        compute=COMPUTE,
-        label_dirs=None,
-        out_model=tmp_path / "m.pt",
-        out_curve=tmp_path / "c.csv",
-        state_dir=tmp_path / "s",
-    )
-    rows = (tmp_path / "c.csv").read_text().splitlines()
+    model = _train(spec, tmp_path, None, select_with_val=True, epochs=3, lr=0.05)
+    rows = (tmp_path / "curve.csv").read_text().splitlines()
     column = rows[0].split(",").index("selection_score")
     scores = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert len(scores) == 3  # one per epoch
-    written = val_miou_fn(spec)(load_model(tmp_path / "m.pt"))
+    written = val_miou_fn(spec)(load_model(model))
     assert written == pytest.approx(max(scores), abs=1e-9)
-    assert not (tmp_path / "s" / "best.pt").exists()
+    assert not (tmp_path / "state" / "best.pt").exists()
+
+
+def _train(spec: DatasetSpec, root: Path, label_dirs: list[Path] | None, **overrides) -> Path:
+    """Train a tiny DeepLab writing under `root`; returns its model file."""
+    job = TrainingJob(root / "model.pt", root / "curve.csv", root / "state")
+    train_deeplab(spec, _settings(**overrides), compute=COMPUTE, label_dirs=label_dirs, job=job)
+    return job.out_model
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +237,9 @@ def trained(spec, tmp_path_factory) -> Path:
     pytest.importorskip("pcam.train")
     tmp = tmp_path_factory.mktemp("deeplab")
     dirs = _pseudo_label_dirs(spec, tmp / "labels", read_split(spec, spec.train_split))
-    train_deeplab(
-        spec,
-        _settings(),
-        compute=COMPUTE,
-        label_dirs=dirs,
-        out_model=tmp / "model.pt",
-        out_curve=tmp / "curve.csv",
-        state_dir=tmp / "state",
-    )
+    model = _train(spec, tmp, dirs)
     assert (tmp / "curve.csv").read_text().strip()
-    return tmp / "model.pt"
+    return model
 
 
 def test_train_deeplab_writes_a_loadable_model(spec, trained):
@@ -264,129 +254,4 @@ def test_train_deeplab_fully_supervised(spec, tmp_path):
     pytest.importorskip("pcam.train")
     from pcam.models import load_model
 
-    train_deeplab(
-        spec,
-        _settings(),
-        compute=COMPUTE,
-        label_dirs=None,
-        out_model=tmp_path / "model.pt",
-        out_curve=tmp_path / "curve.csv",
-        state_dir=tmp_path / "state",
-    )
-    assert isinstance(load_model(tmp_path / "model.pt"), DeepLabV3Plus)
-
-
-def _infer(
-    spec, model, out: Path, with_crf: bool, shard: int = 0, num_shards: int = 2, **kw
-) -> None:
-    infer_deeplab(
-        spec,
-        _settings("deeplab_inference", scales=[0.5, 1.0], **kw),
-        compute=COMPUTE,
-        model=model,
-        split=spec.val_split,
-        shard=shard,
-        num_shards=num_shards,
-        out_dir=out / "pred",
-        out_crf_dir=out / "crf" if with_crf else None,
-        workers=1,
-        server_format=False,
-    )
-
-
-def _read_prediction(path: Path, spec: DatasetSpec) -> np.ndarray:
-    """Labels of a prediction PNG, checking it is indexed in the dataset's palette."""
-    with Image.open(path) as img:
-        assert img.mode == "P"
-        palette = np.array(img.getpalette()[: 3 * spec.num_classes]).reshape(-1, 3)
-    np.testing.assert_array_equal(palette, spec.palette[: spec.num_classes])
-    return load_label_png(path)
-
-
-def _check_png(path: Path, spec: DatasetSpec, image_id: str) -> np.ndarray:
-    labels = _read_prediction(path, spec)
-    assert labels.shape == load_image(spec.image_path(image_id)).shape[:2]
-    assert labels.max() < spec.num_classes
-    return labels
-
-
-def test_prediction_png_round_trip(spec, tmp_path):
-    labels = np.random.default_rng(0).integers(0, spec.num_classes, (7, 9)).astype(np.uint8)
-    save_label_png(tmp_path / "x.png", labels, spec.palette)
-    np.testing.assert_array_equal(_read_prediction(tmp_path / "x.png", spec), labels)
-
-
-def test_infer_deeplab_shards_cover_the_split_once(spec, trained, tmp_path):
-    ids = read_split(spec, spec.val_split)
-    for shard in (0, 1):
-        _infer(spec, trained, tmp_path, with_crf=False, shard=shard)
-    written = sorted(p.stem for p in (tmp_path / "pred").glob("*.png"))
-    assert written == sorted(ids) and not (tmp_path / "crf").exists()
-    for image_id in ids:
-        _check_png(tmp_path / "pred" / f"{image_id}.png", spec, image_id)
-
-
-def test_infer_deeplab_with_crf(spec, trained, tmp_path):
-    pytest.importorskip("pcam.crf")
-    ids = read_split(spec, spec.val_split)[0::2]
-    _infer(spec, trained, tmp_path, with_crf=True, shard=0, num_shards=2)
-    assert sorted(p.name for p in (tmp_path / "crf").iterdir()) == sorted(f"{i}.png" for i in ids)
-    for image_id in ids:
-        _check_png(tmp_path / "crf" / f"{image_id}.png", spec, image_id)
-    # zero CRF iterations leave the probabilities alone: the CRF labels equal the plain ones,
-    # up to ties created by the float16 spill of near-equal probabilities
-    crf0 = _settings("deeplab_inference")["crf"] | {"iterations": 0}
-    _infer(spec, trained, tmp_path / "zero", with_crf=True, crf=crf0)
-    plain = [load_label_png(tmp_path / "zero" / "pred" / f"{i}.png") for i in ids]
-    refined = [load_label_png(tmp_path / "zero" / "crf" / f"{i}.png") for i in ids]
-    agreement = np.mean(
-        np.concatenate([(a == b).ravel() for a, b in zip(plain, refined, strict=True)])
-    )
-    assert agreement > 0.99
-
-
-def test_infer_deeplab_server_format_and_empty_shard(spec, trained, tmp_path):
-    pytest.importorskip("pcam.crf")
-    n = len(read_split(spec, spec.val_split))
-    infer_deeplab(
-        spec,
-        _settings("deeplab_inference", scales=[1.0], flip=False),
-        compute=COMPUTE,
-        model=trained,
-        split=spec.val_split,
-        shard=n,  # beyond the list: an empty shard
-        num_shards=n + 1,
-        out_dir=tmp_path / "pred",
-        out_crf_dir=tmp_path / "crf",
-        workers=1,
-        server_format=True,
-    )
-    for base in ("pred", "crf"):
-        layout = tmp_path / base / SERVER_LAYOUT
-        assert layout.is_dir() and not any(layout.iterdir())
-    assert [p.name for p in (tmp_path / "crf").iterdir()] == ["results"]  # no spill left behind
-    image_id = read_split(spec, spec.val_split)[0]
-    infer_deeplab(
-        spec,
-        _settings("deeplab_inference", scales=[1.0], flip=False),
-        compute=COMPUTE,
-        model=trained,
-        split=spec.val_split,
-        shard=0,
-        num_shards=n,
-        out_dir=tmp_path / "pred",
-        out_crf_dir=None,
-        workers=1,
-        server_format=True,
-    )
-    _check_png(tmp_path / "pred" / SERVER_LAYOUT / f"{image_id}.png", spec, image_id)
-
-
-def test_infer_deeplab_refuses_a_model_of_another_dataset(spec, tmp_path):
-    pytest.importorskip("pcam.devices")
-    from pcam.models import save_model
-
-    settings = _settings()
-    save_model(tmp_path / "m.pt", "deeplab", DeepLabV3Plus.from_settings(settings, 3), settings, 3)
-    with pytest.raises(DataError, match="predicts 3 classes"):
-        _infer(spec, tmp_path / "m.pt", tmp_path, with_crf=False)
+    assert isinstance(load_model(_train(spec, tmp_path, None)), DeepLabV3Plus)

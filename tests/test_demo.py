@@ -71,7 +71,8 @@ def test_styles_differ_and_an_unknown_style_is_refused_by_name(tmp_path):
     assert not np.array_equal(parts, tools)
     with pytest.raises(ConfigError, match="'wood'.*parts.*tools"):
         generate(tmp_path / "x", n_train=2, n_val=1, size=48, seed=0, style="wood")
-    assert main(["demo-data", "--out", str(tmp_path / "y"), "--style", "wood"]) != 0
+    argv = ["--n-train", "2", "--n-val", "1", "--size", "48", "--seed", "0", "--style", "wood"]
+    assert main(["demo-data", "--out", str(tmp_path / "y"), *argv]) != 0
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
@@ -220,3 +221,9 @@ def test_preview_is_a_grid_of_image_and_overlay_pairs(demo_root, tmp_path):
     )
     assert np.array_equal(grid[:64, :64], first)  # left of each pair: the image itself
     assert (grid[64:, 4 * 64 :] == 255).all()  # the two unused cells stay blank
+
+
+def test_the_schema_accepts_exactly_the_generator_styles():
+    from pcam.config import load_schema
+
+    assert load_schema()["$defs"]["demo"]["properties"]["style"]["enum"] == sorted(STYLES)

@@ -1,8 +1,10 @@
-"""Device choice, mixed-precision switches and the local GPU slot pool (simulated GPUs on CPU)."""
+"""Device choice (`compute.device`), mixed-precision switches and the local GPU slot pool
+(simulated GPUs and a simulated unusable CUDA on the CPU)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pcam import devices
 from pcam.devices import HELD_ENV, autocast_dtype, gpu_slots, make_grad_scaler
 from pcam.errors import ConfigError
 
@@ -98,3 +101,80 @@ def test_in_process_rules(tmp_path, monkeypatch):
     slurm_locks = tmp_path / "slurm"
     with gpu_slots(1, slurm_locks, device_count=8) as slurm:
         assert slurm == ["3"] and not slurm_locks.exists()  # SLURM's choice as is, nothing locked
+
+
+# --------------------------------------------------------------------------- device choice
+
+
+def _compute(device: str, gpus: int = 1) -> dict:
+    return {"device": device, "gpus_per_job": gpus, "mixed_precision": "off", "num_workers": 0}
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """A machine where torch cannot use CUDA, whatever this one has, for a known reason."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_problem", lambda: "driver too old (simulated)")
+
+
+def test_cuda_mode_fails_fast_with_the_cause(no_cuda):
+    with pytest.raises(ConfigError, match=r"compute.device: cuda.*driver too old \(simulated\)"):
+        devices.select_device(_compute("cuda"), ["0"])
+    with pytest.raises(ConfigError, match="gpus_per_job >= 1"):
+        devices.slots_needed(_compute("cuda", gpus=0))
+
+
+def test_cuda_problem_names_a_cause_on_this_machine():
+    if torch.cuda.is_available():
+        assert devices.cuda_problem() is None
+    else:
+        assert devices.cuda_problem()  # e.g. "Found no NVIDIA driver on your system..."
+
+
+def test_auto_warns_when_requested_gpus_are_unusable(no_cuda, caplog):
+    with caplog.at_level(logging.INFO, logger="pcam.devices"):
+        assert devices.select_device(_compute("auto"), ["0", "1"]) == CPU
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "driver too old (simulated)" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pcam.devices"):
+        assert devices.select_device(_compute("auto"), []) == CPU  # no GPU found: no alarm
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_slot_pool_gpus_and_no_usable_cuda_warn_through_inference_device(
+    no_cuda, tmp_path, monkeypatch, caplog
+):
+    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", HELD_ENV):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PCAM_SIMULATED_GPUS", "1")
+    monkeypatch.setenv("PCAM_GPU_LOCK_DIR", str(tmp_path))
+    with caplog.at_level(logging.WARNING), devices.inference_device(_compute("auto")) as device:
+        assert device == CPU and (tmp_path / "gpu-0.lock").exists()
+    assert "torch cannot use them" in caplog.text
+
+
+@pytest.mark.parametrize("compute", [_compute("auto", gpus=0), _compute("cpu", gpus=2)])
+def test_cpu_jobs_take_no_slot_even_when_cuda_works(compute, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # would pick cuda:0 before
+    monkeypatch.setenv("PCAM_SIMULATED_GPUS", "2")
+    monkeypatch.setenv("PCAM_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.delenv(HELD_ENV, raising=False)
+    assert devices.slots_needed(compute) == 0
+    with devices.inference_device(compute) as device:
+        assert device == CPU and not list(tmp_path.iterdir())  # no lock taken
+    assert devices.select_device(compute, []) == CPU
+
+
+def test_cuda_is_chosen_when_usable(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.select_device(_compute("auto"), ["3"], local_rank=1) == torch.device("cuda", 1)
+    assert devices.select_device(_compute("cuda"), [], local_rank=0) == CUDA
+
+
+def test_training_tuning_touches_nothing_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert devices.tune_for_training(CPU) == torch.contiguous_format
+    assert torch.backends.cudnn.benchmark is False
+    assert devices.tune_for_training(CUDA) == torch.channels_last
+    assert torch.backends.cudnn.benchmark is True

@@ -1,4 +1,5 @@
-"""The shared training loop: batch plan, resume after SIGKILL, SIGTERM, and DDP on CPU (gloo)."""
+"""The shared training loop: batch plan, resume after SIGKILL, SIGTERM, DDP on CPU (gloo),
+selection, the 0-based schedule progress, and a resume onto another device."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from pcam.batches import StepSampler, epoch_order, plan_batches, step_micro_batches
+from pcam.checkpoint import CHECKPOINT
 from pcam.config import load_config, stage_settings, validate_stage
 from pcam.devices import torchrun_command
 from pcam.errors import ConfigError, DataError
-from pcam.train import CHECKPOINT, epoch_order, plan_batches, step_micro_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,20 +53,33 @@ def test_ranks_and_micro_batches_partition_each_global_batch():
         assert all(len(mb) == 2 for mb in step_micro_batches(order, step, plan, 0))
 
 
+def test_the_sampler_from_any_step_is_the_tail_of_the_whole_run():
+    plan = plan_batches(40, 8, 4, 1, 3)  # 5 steps an epoch, 2 micro-batches a step
+    whole = list(StepSampler(40, plan, seed=3, first_step=0, rank=0))
+    assert len(whole) == len(StepSampler(40, plan, 3, 0, 0)) == 30
+    assert {e for mb in whole for e, _ in mb} == {0, 1, 2}  # (epoch, index) keys
+    for first in (1, 5, 7, 14):
+        assert list(StepSampler(40, plan, 3, first, 0)) == whole[2 * first :]
+
+
 def _args(root: Path, out: Path, **overrides) -> list[str]:
     """`pcam train-classifier` arguments for a tiny deterministic run writing under `out`."""
     settings = stage_settings(load_config(ROOT / "config" / "config.yaml"), "puzzle", "classifier")
     settings.update(
-        crop_size=32, resize_range=[32, 48], batch_size=4, epochs=3, checkpoint_every=1, log_every=1
+        crop_size=32, resize_range=[32, 48], batch_size=4, epochs=3, checkpoint_every=4, log_every=1
     )
     settings.update(overrides)
     settings = validate_stage("classifier", settings)
-    compute = {"gpus_per_job": 1, "num_workers": 0, "mixed_precision": "off"}
+    compute = load_config(ROOT / "config" / "config.yaml")["compute"]  # --compute is validated
+    compute.update(gpus_per_job=1, num_workers=0, mixed_precision="off")
+    manifest = out.parent / "manifest.tsv"  # what the workflow passes: the dataset's fingerprint
+    manifest.write_text("one line per dataset file\n")
     return [
         "--log-file", str(out / "train.log"), "train-classifier",
         "--dataset", json.dumps({"root": str(root)}), "--settings", json.dumps(settings),
         "--compute", json.dumps(compute), "--out-model", str(out / "model.pt"),
         "--out-curve", str(out / "curve.csv"), "--state-dir", str(out / "state"),
+        "--state-inputs", str(manifest),
     ]  # fmt: skip
 
 
@@ -89,10 +104,21 @@ def _curve(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
 
 
+def _tb_steps(tb_dir: Path) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), purge_orphaned_data=False)  # raw events, as written
+    acc.Reload()
+    return [e.step for e in acc.Scalars("loss")]
+
+
 def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(demo_root, tmp_path):
+    """The puzzle classifier, SIGKILLed mid-epoch: bit-identical weights and model file, and a
+    curve (CSV and TensorBoard) with every step once."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run(_args(demo_root, whole))
-    # 24 images, batch 4: 18 steps. Kill once step 5 has been logged (checkpoint every step).
+    # 24 images, batch 4: 6 steps an epoch, 18 in all. Kill once step 5 has been logged
+    # (checkpoints every 4 steps: the resume is mid-epoch).
     cmd = [sys.executable, "-m", "pcam", *_args(demo_root, killed)]
     proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, start_new_session=True)
     log = killed / "train.log"
@@ -105,14 +131,18 @@ def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(demo_ro
     proc.wait()
     assert not (killed / "model.pt").exists()
     assert (killed / "state" / CHECKPOINT).exists()
+    # live curves: every logged step up to the kill, TensorBoard at most one step behind
+    logged = [int(r["step"]) for r in _curve(killed / "curve.csv")]
+    assert len(logged) >= 5 and logged == list(range(1, len(logged) + 1))
+    assert _tb_steps(killed / "tb") in (logged, logged[:-1])
     _run(_args(demo_root, killed))
-    text = log.read_text()
-    resumed = int(text.split("resuming from step ")[1].split()[0])
-    assert 4 <= resumed < 18  # the kill can land before step 5's checkpoint
+    resumed = int(log.read_text().split("resuming from step ")[1].split()[0])
+    assert resumed in (4, 8)  # checkpoints inside an epoch
     a, b = _weights(whole / "model.pt"), _weights(killed / "model.pt")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert [r["step"] for r in _curve(killed / "curve.csv")] == [str(s) for s in range(1, 19)]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert (whole / "model.pt").read_bytes() == (killed / "model.pt").read_bytes()
+    assert [int(r["step"]) for r in _curve(killed / "curve.csv")] == list(range(1, 19))
+    assert _tb_steps(killed / "tb") == list(range(1, 19))
     assert not (killed / "state" / CHECKPOINT).exists()  # removed once the outputs exist
 
 
@@ -143,45 +173,116 @@ def test_two_gloo_processes_follow_the_one_process_loss_curve(demo_root, tmp_pat
 
 
 class _Points(torch.utils.data.Dataset):
+    """16 items keyed by (epoch, index): x = (i, i), y = 2i."""
+
     def __len__(self) -> int:
         return 16
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = torch.full((2,), float(i))
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        x = torch.full((2,), float(key[1]))
         return {"x": x, "y": x.sum(0, keepdim=True)}
 
 
-def test_selection_writes_the_best_scoring_epoch_not_the_last(tmp_path):
+SETTINGS = {
+    "batch_size": 4, "micro_batch": None, "epochs": 3, "lr": 0.01, "weight_decay": 0.0,
+    "momentum": 0.9, "nesterov": False, "poly_power": 0.9, "seed": 0,
+    "checkpoint_every": 1, "log_every": 1,
+}  # fmt: skip
+COMPUTE = {"device": "cpu", "gpus_per_job": 0, "mixed_precision": "off", "num_workers": 0}
+
+
+def _fit_points(tmp_path: Path, loss_fn, select_fn=None, **settings) -> torch.nn.Module:
     from torch import nn
 
     from pcam.optim import single_group
-    from pcam.train import fit
+    from pcam.train import TrainingJob, fit
 
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
+    fit(
+        model, loss_fn, _Points(), single_group(model.parameters()), {**SETTINGS, **settings},
+        COMPUTE, job=TrainingJob(tmp_path / "m.pt", tmp_path / "c.csv", tmp_path / "s"),
+        key="points", save_fn=lambda m, p: torch.save(m.state_dict(), p), sync_bn=False,
+        select_fn=select_fn,
+    )  # fmt: skip
+    return model
+
+
+def _squared_error(m, batch, progress):
+    return ((m(batch["x"]) - batch["y"]) ** 2).mean() * 1e-3, {}
+
+
+def test_selection_writes_the_best_scoring_epoch_not_the_last(tmp_path):
     seen: list[dict[str, torch.Tensor]] = []
     scores = iter([0.5, 0.9, 0.1])
 
-    def select_fn(m: nn.Module) -> float:
+    def select_fn(m) -> float:
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return next(scores)
 
-    def loss_fn(m, batch, progress):
-        loss = ((m(batch["x"]) - batch["y"]) ** 2).mean() * 1e-3
-        return loss, {}
-
-    settings = {
-        "batch_size": 4, "micro_batch": None, "epochs": 3, "lr": 0.01, "weight_decay": 0.0,
-        "momentum": 0.9, "nesterov": False, "poly_power": 0.9, "seed": 0,
-        "checkpoint_every": 1, "log_every": 1,
-    }  # fmt: skip
-    fit(
-        model, loss_fn, _Points(), single_group(model.parameters()), settings, {},
-        out_model=tmp_path / "m.pt", out_curve=tmp_path / "c.csv", state_dir=tmp_path / "s",
-        save_fn=lambda m, p: torch.save(m.state_dict(), p), sync_bn=False, select_fn=select_fn,
-    )  # fmt: skip
+    _fit_points(tmp_path, _squared_error, select_fn)
     written = torch.load(tmp_path / "m.pt", weights_only=True)
     assert len(seen) == 3 and not torch.equal(seen[1]["weight"], seen[2]["weight"])
     for key, value in seen[1].items():  # epoch 2 scored best
         torch.testing.assert_close(written[key], value)
     assert "selection_score" in (tmp_path / "c.csv").read_text().splitlines()[0]
+    assert _tb_steps_of(tmp_path / "tb", "selection_score") == [4, 8, 12]
+
+
+def _tb_steps_of(tb_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_schedules_see_the_0_based_step_like_the_official_code(tmp_path):
+    """progress = t / T with t the 0-based step: alpha's ramp starts at 0 (spec 2.4)."""
+    from pcam.losses import alpha_at
+
+    seen: list[float] = []
+
+    def loss_fn(m, batch, progress):
+        seen.append(progress)
+        return _squared_error(m, batch, progress)
+
+    _fit_points(tmp_path, loss_fn, epochs=1)
+    assert seen == [0.0, 0.25, 0.5, 0.75]
+    assert [alpha_at(p, 1.0, 4.0, 0.5) for p in seen] == [0.0, 2.0, 4.0, 4.0]
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_a_checkpoint_resumes_onto_a_non_cpu_device(tmp_path):
+    """Checkpoints load on the CPU and move with load_state_dict: resuming onto another device
+    ("meta" stands for CUDA here) puts the optimiser state there and the step comes back."""
+    from torch import nn
+
+    from pcam.checkpoint import load_checkpoint, save_checkpoint
+    from pcam.devices import DistInfo
+    from pcam.optim import single_group
+    from pcam.train import TrainingJob, _Run
+
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()  # a momentum buffer to restore
+    job = TrainingJob(tmp_path / "m.pt", tmp_path / "c.csv", tmp_path / "s")
+    save_checkpoint(
+        job.state_dir / CHECKPOINT,
+        {
+            "key": "points", "step": 2, "best": None, "started": 0.0, "elapsed": 1.0, "curve": [],
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        },
+    )  # fmt: skip
+    assert load_checkpoint(job.state_dir / CHECKPOINT)["model"]["weight"].device.type == "cpu"
+    with torch.device("meta"):
+        fresh = nn.Linear(2, 1)
+    meta = DistInfo(0, 1, 0, torch.device("meta"))
+    run = _Run(fresh, _squared_error, single_group(fresh.parameters()), SETTINGS, COMPUTE,
+               meta, job, "points", None)  # fmt: skip
+    run.curves.close()
+    assert run.step == 2
+    momentum = run.optimizer.state[fresh.weight]["momentum_buffer"]
+    assert momentum.device.type == "meta" and momentum.shape == (1, 2)

@@ -10,7 +10,6 @@ from pcam.data.transforms import (
     IMAGENET_STD,
     item_rng,
     normalize,
-    pad_top_left,
     random_crop,
     random_hflip,
     random_resize_long,
@@ -97,15 +96,11 @@ def test_random_crop_of_a_large_image_is_a_window():
     assert any(np.array_equal(out, w) for w in windows)
 
 
-def test_crop_mixed_axes_and_top_left_pad():
+def test_crop_mixed_axes():
     img = np.arange(2 * 9 * 3, dtype=np.float32).reshape(2, 9, 3) + 1
     mask = np.ones((2, 9), dtype=np.uint8)
     out, out_mask = random_crop(img, mask, 4, np.random.default_rng(5))
     assert (out_mask == 1).sum() == 8 and (out_mask == 255).sum() == 8
-    padded, padded_mask = pad_top_left(img, mask, 4)
-    np.testing.assert_array_equal(padded[:2], img[:, :4])
-    assert np.all(padded[2:] == 0) and np.all(padded_mask[2:] == 255)
-    assert np.all(padded_mask[:2] == 1)
 
 
 def test_train_augment_is_deterministic_per_seed_epoch_and_index():

@@ -116,15 +116,6 @@ def random_crop(
     return _paste(img, mask, size, rows, cols)
 
 
-def pad_top_left(
-    img: np.ndarray, mask: np.ndarray | None, size: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Deterministic evaluation crop: keep the top-left size x size, pad with 0 / 255 (spec 1.4)."""
-    rows = (slice(0, min(size, img.shape[0])),) * 2
-    cols = (slice(0, min(size, img.shape[1])),) * 2
-    return _paste(img, mask, size, rows, cols)
-
-
 def train_augment(
     img: np.ndarray,
     mask: np.ndarray | None,

@@ -65,6 +65,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 class DatasetSpec:
     """Where a VOC-layout dataset lives and what its classes are.
 
+    The folder and split defaults are the VOC devkit's own names (a fact of the format, for
+    callers that give a root alone); the pipeline always passes config's `dataset` section whole.
     `class_names[0]` is background; `palette` is (C, 3) uint8 with at least one row per class
     (extra rows are dropped). Split lists live at `root/split_dir/{name}.txt`.
     """
@@ -110,20 +112,23 @@ class DatasetSpec:
     def from_settings(cls, settings: dict[str, Any]) -> DatasetSpec:
         """Build from the `dataset` section of the config (unknown keys -> ConfigError).
 
-        Null `class_names`/`palette` come from `root/dataset.json` when it exists, else VOC 2012
+        The pipeline passes the whole section (the schema requires every key). A caller may
+        give `root` alone (`pcam check-data --root DIR`): the folder and split names then are the
+        VOC devkit's (the field defaults), and `class_names`/`palette` are null. Null
+        `class_names`/`palette` come from `root/dataset.json` when it exists, else VOC 2012
         (names) and the VOC colour map (palette).
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"dataset.{unknown[0]}: unknown key (known: {sorted(known)})")
-        if not settings.get("root"):
+        values = {"root": None, "class_names": None, "palette": None, **settings}
+        if not values["root"]:
             raise ConfigError("dataset.root: missing")
-        values = dict(settings)
         described = _read_description(Path(values["root"]) / "dataset.json")
-        if values.get("class_names") is None:
+        if values["class_names"] is None:
             values["class_names"] = described.get("class_names", VOC_CLASSES)
-        if values.get("palette") is None:
+        if values["palette"] is None:
             palette = described.get("palette")
             if palette is None or len(palette) < len(values["class_names"]):
                 palette = voc_palette(len(values["class_names"]))
@@ -200,6 +205,19 @@ def load_image(path: str | Path) -> np.ndarray:
 def load_mask(path: str | Path) -> np.ndarray:
     """A class-index mask (palette or grayscale PNG): HxW uint8, 255 = ignore."""
     return load_label_png(path)
+
+
+def annotation_root(folder: str, image_id: str, width: int, height: int) -> ET.Element:
+    """The `<annotation>` element of a VOC XML file up to its objects (folder, file name, size,
+    `segmented` 1); writers append one `<object>` per instance."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "1"
+    return root
 
 
 def _box_side(box: ET.Element, low: str, high: str, limit: float, path: Path) -> float:

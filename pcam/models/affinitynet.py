@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from pcam.models.backbone import create_backbone
 
 STRIDE = 4  # the boundary map's stride
+BACKBONE_STRIDE = 16  # spec 5.1: the official backbone reaches stride 16 (stage 5 at 16)
 SIDE_CHANNELS = 32  # spec 5.1: each side branch gives 32 channels
 GN_GROUPS = 4  # spec 5.1: GroupNorm(4, 32)
 
@@ -28,7 +29,11 @@ class AffinityNet(nn.Module):
     def __init__(self, backbone: str, *, pretrained: bool | str = False) -> None:
         super().__init__()
         self.backbone = create_backbone(
-            backbone, pretrained=pretrained, out_indices=(0, 1, 2, 3, 4), frozen_bn=True
+            backbone,
+            pretrained=pretrained,
+            output_stride=BACKBONE_STRIDE,
+            out_indices=(0, 1, 2, 3, 4),
+            frozen_bn=True,
         )
         self.backbone.requires_grad_(False)
         self.backbone.eval()
@@ -48,7 +53,7 @@ class AffinityNet(nn.Module):
         """Build from the `affinitynet` config section (backbone, pretrained); `num_classes` is
         accepted for the model-file interface and unused (boundaries know no classes)."""
         del num_classes
-        return cls(settings["backbone"], pretrained=settings.get("pretrained", False))
+        return cls(settings["backbone"], pretrained=settings["pretrained"])
 
     def train(self, mode: bool = True) -> AffinityNet:
         """Set the side branches' mode; the frozen backbone always stays in eval mode."""
@@ -56,15 +61,17 @@ class AffinityNet(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, canvas: int | None = None) -> Tensor:
         """x (B, 3, H, W) normalised -> boundary logits (B, 1, ceil(H/4), ceil(W/4)).
 
-        The input is zero-padded right/bottom to a multiple of the deepest stride and the
-        logits cropped back, so any H, W works.
+        The input is zero-padded right/bottom to a multiple of the deepest stride (after first
+        padding it to a canvas x canvas square when `canvas` is given) and the logits cropped
+        back, so any H, W works. The padding matters beyond the crop: the side branches'
+        GroupNorm statistics cover the whole padded map (spec 6.1).
         """
         height, width = x.shape[-2:]
-        m = self.pad_multiple
-        x = F.pad(x, (0, -width % m, 0, -height % m))
+        padded_h, padded_w = (self._padded(side, canvas) for side in (height, width))
+        x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
         grid = (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
         with torch.no_grad():
             feats = self.backbone(x)
@@ -80,11 +87,17 @@ class AffinityNet(nn.Module):
         logits = self.fuse(torch.cat(maps, dim=1))
         return logits[..., : math.ceil(height / STRIDE), : math.ceil(width / STRIDE)]
 
+    def _padded(self, side: int, canvas: int | None) -> int:
+        """A side's padded length: at least `canvas`, rounded up to the deepest stride."""
+        side = max(side, canvas or 0)
+        return side + (-side % self.pad_multiple)
+
     @torch.no_grad()
-    def boundary(self, x: Tensor) -> Tensor:
+    def boundary(self, x: Tensor, canvas: int | None = None) -> Tensor:
         """x (B, 3, H, W) -> boundary probabilities (B, ceil(H/4), ceil(W/4)) in [0, 1]:
-        sigmoid of the mean of the image's and its mirror's logits (spec 6.1)."""
-        logits = self(torch.cat([x, x.flip(-1)]))[:, 0]
+        sigmoid of the mean of the image's and its mirror's logits (spec 6.1). The mirror is
+        taken before padding, so both are padded right/bottom (`forward`'s `canvas`)."""
+        logits = self(torch.cat([x, x.flip(-1)]), canvas)[:, 0]
         b = x.shape[0]
         return torch.sigmoid(logits[:b] / 2 + logits[b:].flip(-1) / 2)
 

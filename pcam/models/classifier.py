@@ -24,7 +24,7 @@ class Classifier(nn.Module):
         num_classes: int,
         *,
         pretrained: bool | str = False,
-        output_stride: int = 16,
+        output_stride: int | None = 16,
         frozen_bn: bool = False,
     ) -> None:
         super().__init__()
@@ -45,10 +45,15 @@ class Classifier(nn.Module):
         return cls(
             settings["backbone"],
             num_classes,
-            pretrained=settings.get("pretrained", False),
-            output_stride=settings.get("output_stride", 16),
-            frozen_bn=settings.get("norm", "bn") == "frozen",
+            pretrained=settings["pretrained"],
+            output_stride=settings["output_stride"],
+            frozen_bn=settings["norm"] == "frozen",
         )
+
+    @property
+    def num_outputs(self) -> int:
+        """Classes the CAMs cover (foreground only)."""
+        return self.head.out_channels
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, 3, H, W) normalised -> (logits (B, C), cams (B, C, ceil(H/s), ceil(W/s))).

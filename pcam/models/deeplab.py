@@ -98,7 +98,7 @@ class DeepLabV3Plus(nn.Module):
         num_classes: int,
         *,
         pretrained: bool | str = False,
-        output_stride: int = 16,
+        output_stride: int | None = 16,
         norm: str = "frozen",
         head_channels: int = 256,
         aspp_rates: Sequence[int] = (6, 12, 18),
@@ -127,12 +127,17 @@ class DeepLabV3Plus(nn.Module):
         return cls(
             settings["backbone"],
             num_classes,
-            pretrained=settings.get("pretrained", False),
-            output_stride=settings.get("output_stride", 16),
-            norm=settings.get("norm", "frozen"),
-            head_channels=settings.get("head_channels", 256),
-            aspp_rates=tuple(settings.get("aspp_rates", (6, 12, 18))),
+            pretrained=settings["pretrained"],
+            output_stride=settings["output_stride"],
+            norm=settings["norm"],
+            head_channels=settings["head_channels"],
+            aspp_rates=tuple(settings["aspp_rates"]),
         )
+
+    @property
+    def num_outputs(self) -> int:
+        """Classes the logits cover (background included)."""
+        return self.decoder.classifier.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
         low, high = self.backbone(x)

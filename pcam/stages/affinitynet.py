@@ -3,7 +3,8 @@
 The labels (`{id}.png`: 0 background, class indices, 255 uncertain) are cropped with the image
 (padding 255), nearest-downsampled to the stride-4 grid, and turned into bg-positive,
 fg-positive and negative pixel pairs within `radius` (spec 5.3) for the loss of spec 5.4.
-The same training loop as the classifier (`pcam.train.fit`): resume, DDP, global batch, curve.
+The same training loop as the classifier (`pcam.stages.training.train_network`): resume, DDP,
+global batch, curve; the labels and the init model key its resumable state.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError
-from pcam.models import load_model, save_model
+from pcam.models import load_model
 from pcam.models.affinitynet import AffinityNet
+from pcam.stages.training import train_network
+from pcam.train import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +74,30 @@ def train_affinitynet(
     compute: dict[str, Any],
     label_dirs: list[Path],
     init_model: Path | None = None,
-    out_model: Path,
-    out_curve: Path,
-    state_dir: Path,
+    job: TrainingJob,
 ) -> None:
     """Train on `spec.train_split` with the affinity labels in `label_dirs` (shard directories).
 
     init_model: a trained classifier whose backbone weights replace the ImageNet ones of the
     frozen backbone (`init_from_classifier`, for runs without ImageNet weights, e.g. the demo).
     """
-    from pcam.train import fit
-
     ids = read_split(spec, spec.train_split)
     dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
     torch.manual_seed(settings["seed"])  # the side branches' initial weights
     model = AffinityNet.from_settings(settings, spec.num_classes)
-    if settings.get("init_from_classifier"):
+    inputs = list(label_dirs)
+    if settings["init_from_classifier"]:
         if init_model is None:
             raise ConfigError("affinitynet.init_from_classifier: no classifier model was given")
         load_classifier_backbone(model, init_model)
+        inputs.append(init_model)
     log.info(
         "affinitynet: %s (frozen), %d images of %s, radius %d",
         settings["backbone"], len(dataset), spec.train_split, settings["radius"],
     )  # fmt: skip
-
-    def save_fn(trained: nn.Module, path: Path) -> None:
-        save_model(path, "affinitynet", trained, settings, spec.num_classes)
-
-    fit(
-        model,
-        make_loss_fn(int(settings["radius"]), int(settings["crop_size"])),
-        dataset,
-        model.parameter_groups(),
-        settings,
-        compute,
-        out_model=out_model,
-        out_curve=out_curve,
-        state_dir=state_dir,
-        save_fn=save_fn,
+    train_network(
+        "affinitynet", spec, settings, compute, job,
+        model=model, loss_fn=make_loss_fn(int(settings["radius"]), int(settings["crop_size"])),
+        dataset=dataset, num_classes=spec.num_classes, inputs=inputs,
         sync_bn=False,  # the backbone is frozen; the head uses GroupNorm
-    )
+    )  # fmt: skip

@@ -8,22 +8,20 @@ kill only does what is missing; every file is written atomically).
 
 from __future__ import annotations
 
-import logging
-import time
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch import nn
 
-from pcam.cams import multiscale_cams, normalise_present
-from pcam.data.voc import DatasetSpec, image_labels, read_split
-from pcam.errors import DataError
-from pcam.io import save_scores, shard_ids, unfinished
-from pcam.models import load_model
-
-log = logging.getLogger(__name__)
+from pcam.cams import max_normalise, multiscale_cams
+from pcam.data.loading import ImageItem
+from pcam.data.voc import DatasetSpec, image_labels
+from pcam.inference import InferenceJob, ShardRun, images_to_do, run_images
+from pcam.io import save_scores
+from pcam.segment import scaled_inputs
 
 
 def present_classes(spec: DatasetSpec, image_id: str) -> list[int]:
@@ -31,47 +29,39 @@ def present_classes(spec: DatasetSpec, image_id: str) -> list[int]:
     return [int(i) for i in np.flatnonzero(image_labels(spec, image_id))]
 
 
-def make_cams(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
+def cam_step(
+    net: nn.Module,
+    item: ImageItem,
+    device: torch.device,
     *,
-    compute: dict[str, Any],
-    model: Path,
-    split: str,
-    shard: int,
-    num_shards: int,
+    labels: dict[str, list[int]],
+    settings: dict[str, Any],
     out_dir: Path,
 ) -> None:
-    """CAMs of shard `shard` of `num_shards` of `split` with the classifier at `model`."""
-    from pcam.data.loading import image_loader
-    from pcam.devices import autocast_context, inference_device
+    """Write `out_dir/{id}.npz`: the image's normalised CAMs of its present classes."""
+    present = labels[item.image_id]
+    strided, high = multiscale_cams(
+        lambda x: net(x)[1], item.inputs, item.image.shape[:2], settings["flip"], present
+    )
+    save_scores(
+        out_dir / f"{item.image_id}.npz",
+        np.array([0, *(c + 1 for c in present)]),
+        settings["dtype"],
+        cam=max_normalise(strided).cpu().contiguous().numpy(),
+        hr_cam=max_normalise(high).cpu().contiguous().numpy(),
+    )
 
-    todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
+
+def make_cams(spec: DatasetSpec, settings: dict[str, Any], run: ShardRun, out_dir: Path) -> None:
+    """CAMs of `run`'s shard with the classifier at `run.model`, into `out_dir`."""
+    todo = images_to_do(spec, run, [(out_dir, ".npz")])
     labels = {i: present_classes(spec, i) for i in todo}  # bad annotations fail before compute
-    with inference_device(compute) as device:
-        net = load_model(model, map_location=device, kind="classifier")
-        if net.head.out_channels != spec.num_classes - 1:
-            raise DataError(
-                f"{model}: has {net.head.out_channels} classes, the dataset "
-                f"{spec.num_classes - 1} foreground classes"
-            )
-        start = time.perf_counter()
-        loader = image_loader(spec, todo, int(compute.get("num_workers", 0)))
-        with (
-            torch.inference_mode(),
-            autocast_context(device, compute.get("mixed_precision", "auto")),
-        ):
-            for image_id, image in tqdm(loader, total=len(todo), desc="cams", disable=None):
-                strided, high = multiscale_cams(
-                    lambda x: net(x.to(device))[1], image, settings["scales"], settings["flip"]
-                )
-                present = labels[image_id]
-                save_scores(
-                    out_dir / f"{image_id}.npz",
-                    np.array([0, *(c + 1 for c in present)]),
-                    settings["dtype"],
-                    cam=normalise_present(strided, present).cpu().numpy(),
-                    hr_cam=normalise_present(high, present).cpu().numpy(),
-                )
-    seconds = time.perf_counter() - start
-    log.info("cams: %d images on %s in %.1f s", len(todo), device, seconds)
+    job = InferenceJob(
+        name="cams",
+        kinds=("classifier",),
+        prepare=functools.partial(scaled_inputs, scales=settings["scales"], flip=settings["flip"]),
+        num_outputs=spec.num_classes - 1,
+        what="foreground classes",
+    )
+    step = functools.partial(cam_step, labels=labels, settings=settings, out_dir=out_dir)
+    run_images(spec, run, job, todo, step)

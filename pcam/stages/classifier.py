@@ -2,65 +2,28 @@
 
 Builds the dataset (spec 1.4 augmentation), the model (`PuzzleClassifier`, or the plain
 `Classifier` when the loss is L_cls alone, so the baseline never pays for the tiled pass), the
-loss closure with the alpha schedule, and hands them to the one training loop `pcam.train.fit`.
-The saved model is always the plain `Classifier` (kind "classifier").
+loss closure with the alpha schedule, and hands them to the one training loop
+(`pcam.stages.training.train_network`). The saved model is always the plain `Classifier`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from pcam.data.transforms import item_rng, to_chw, train_augment
-from pcam.data.voc import DatasetSpec, image_labels, load_image, read_split
+from pcam.data.labelled import ClassificationDataset
+from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError, DataError
 from pcam.losses import alpha_at, puzzle_loss
-from pcam.models import save_model
 from pcam.models.classifier import Classifier, PuzzleClassifier
 from pcam.puzzle import pieces_per_side
+from pcam.stages.training import train_network
+from pcam.train import TrainingJob
 
 log = logging.getLogger(__name__)
-
-
-class ClassificationDataset(Dataset):
-    """Augmented training crops with image-level labels.
-
-    Item i: {"image": (3, crop, crop) float32 normalised, "labels": (C,) float32 multi-hot}.
-    The augmentation of item i draws from a generator seeded by (seed, epoch, i), so a run is
-    reproducible whatever the worker count; `set_epoch` changes the draws per epoch.
-    """
-
-    def __init__(self, spec: DatasetSpec, ids: list[str], settings: dict[str, Any], seed: int):
-        self.spec = spec
-        self.ids = list(ids)
-        self.resize_range = tuple(int(v) for v in settings["resize_range"])
-        self.crop_size = int(settings["crop_size"])
-        self.seed = int(seed)
-        self.epoch = 0
-        # Read every label up front: a bad annotation fails the job before training starts.
-        self.labels = np.stack([image_labels(spec, i) for i in self.ids]) if self.ids else None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of `epoch` (call before iterating an epoch)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        rng = item_rng(self.seed, index, self.epoch)
-        image = load_image(self.spec.image_path(self.ids[index]))
-        crop, _ = train_augment(image, None, self.resize_range, self.crop_size, rng)
-        return {
-            "image": torch.from_numpy(to_chw(crop)),
-            "labels": torch.from_numpy(self.labels[index].copy()),
-        }
 
 
 def uses_puzzle(settings: dict[str, Any]) -> bool:
@@ -113,20 +76,9 @@ def _unwrap(model: nn.Module) -> Classifier:
 
 
 def train_classifier(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
-    *,
-    compute: dict[str, Any],
-    out_model: Path,
-    out_curve: Path,
-    state_dir: Path,
+    spec: DatasetSpec, settings: dict[str, Any], *, compute: dict[str, Any], job: TrainingJob
 ) -> None:
-    """Train on `spec.train_split` and write `out_model` (a plain Classifier) and `out_curve`."""
-    if settings.get("select_with_gt"):
-        raise ConfigError(
-            "classifier.select_with_gt: the official best-train-GT-mIoU checkpoint selection is "
-            "not implemented (the model is the last step's, spec 15.3); set it to false"
-        )
+    """Train on `spec.train_split`; write `job.out_model` (a plain Classifier) and the curve."""
     num_classes = spec.num_classes - 1
     ids = read_split(spec, spec.train_split)
     if len(ids) < settings["batch_size"]:
@@ -139,27 +91,10 @@ def train_classifier(
     model = build_model(settings, num_classes)
     log.info(
         "classifier: %s, %d images of %s, loss %s",
-        settings["backbone"],
-        len(dataset),
-        spec.train_split,
-        "+".join(settings["loss_terms"]),
-    )
-
-    def save_fn(trained: nn.Module, path: Path) -> None:
-        save_model(path, "classifier", _unwrap(trained), settings, num_classes)
-
-    from pcam.train import fit  # imported here: the loop pulls in the device machinery
-
-    fit(
-        model,
-        make_loss_fn(settings),
-        dataset,
-        model.parameter_groups(),
-        settings,
-        compute,
-        out_model=out_model,
-        out_curve=out_curve,
-        state_dir=state_dir,
-        save_fn=save_fn,
-        sync_bn=settings.get("norm", "bn") == "bn",
-    )
+        settings["backbone"], len(dataset), spec.train_split, "+".join(settings["loss_terms"]),
+    )  # fmt: skip
+    train_network(
+        "classifier", spec, settings, compute, job,
+        model=model, loss_fn=make_loss_fn(settings), dataset=dataset, num_classes=num_classes,
+        sync_bn=settings["norm"] == "bn", export=_unwrap,
+    )  # fmt: skip

@@ -6,70 +6,74 @@ its global maximum, no background channel. Files already present are kept (resum
 
 from __future__ import annotations
 
-import logging
-import time
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from torch import Tensor
 
 from pcam.affinity import random_walk, rw_postprocess
-from pcam.data.voc import DatasetSpec, read_split
+from pcam.data.loading import ImageItem
+from pcam.data.voc import DatasetSpec
 from pcam.errors import DataError
-from pcam.io import find_in_dirs, load_scores, save_scores, shard_ids, unfinished
-from pcam.models import load_model
+from pcam.inference import InferenceJob, ShardRun, images_to_do, run_images
+from pcam.io import find_in_dirs, load_scores, save_scores
 from pcam.models.affinitynet import AffinityNet
 from pcam.segment import scaled_batch
 
-log = logging.getLogger(__name__)
+
+def canvas_size(settings: dict[str, Any]) -> int | None:
+    """`rw.pad_to` as AffinityNet's canvas: None for "stride", else the square's side."""
+    return None if settings["pad_to"] == "stride" else int(settings["pad_to"])
 
 
-def refine(
-    net: AffinityNet, image, cams: dict, settings: dict[str, Any], device: torch.device
-) -> torch.Tensor:
-    """The RW map (K, H, W) of one image from its CAM archive (`keys`, strided `cam`)."""
-    height, width = image.shape[:2]
-    strided = torch.from_numpy(cams["cam"]).to(device)
-    boundary = net.boundary(scaled_batch(image, 1.0, False).to(device))[0].float()
+def refine(net: AffinityNet, item: ImageItem, strided: Tensor, settings: dict[str, Any]) -> Tensor:
+    """The RW map (K, H, W) of one image from its strided CAM (K, ceil(H/4), ceil(W/4)) on the
+    device; `item.inputs` is the image's normalised (1, 3, H, W) batch."""
+    height, width = item.image.shape[:2]
+    boundary = net.boundary(item.inputs, canvas_size(settings))[0].float()
     if boundary.shape != strided.shape[1:]:
         raise DataError(
             f"strided CAM {tuple(strided.shape)} does not fit the image {height}x{width}"
         )
-    walked = random_walk(
-        strided, boundary, int(settings["radius"]), float(settings["beta"]),
-        int(settings["exp_times"]), settings["method"],
-    )  # fmt: skip
+    # The walk (256 steps of products) stays in float32 whatever the network's precision.
+    with torch.autocast(strided.device.type, enabled=False):
+        walked = random_walk(
+            strided, boundary, int(settings["radius"]), float(settings["beta"]),
+            int(settings["exp_times"]), settings["method"],
+        )  # fmt: skip
     return rw_postprocess(walked, height, width)
 
 
-def make_rw(
-    spec: DatasetSpec,
-    settings: dict[str, Any],
+def rw_step(
+    net: AffinityNet,
+    item: ImageItem,
+    device: torch.device,
     *,
-    compute: dict[str, Any],
-    model: Path,
-    cam_dirs: list[Path],
-    split: str,
-    shard: int,
-    num_shards: int,
+    sources: dict[str, Path],
+    settings: dict[str, Any],
     out_dir: Path,
 ) -> None:
-    """Random-walk maps of one shard of `split`, with the AffinityNet at `model`."""
-    from pcam.data.loading import image_loader
-    from pcam.devices import inference_device
+    """Write `out_dir/{id}.npz`: the random walk of the image's CAM archive."""
+    cams = load_scores(sources[item.image_id])
+    if "cam" not in cams:
+        raise DataError(f"{sources[item.image_id]}: no strided 'cam' array")
+    rw = refine(net, item, torch.from_numpy(cams["cam"]).to(device), settings)
+    save_scores(out_dir / f"{item.image_id}.npz", cams["keys"], rw=rw.cpu().numpy())
 
-    todo = unfinished(shard_ids(read_split(spec, split), shard, num_shards), out_dir, ".npz")
+
+def make_rw(
+    spec: DatasetSpec, settings: dict[str, Any], run: ShardRun, cam_dirs: list[Path], out_dir: Path
+) -> None:
+    """Random-walk maps of `run`'s shard from the CAM archives in `cam_dirs` (shard folders),
+    with the AffinityNet at `run.model`, into `out_dir`."""
+    todo = images_to_do(spec, run, [(out_dir, ".npz")])
     sources = {i: find_in_dirs(cam_dirs, i, ".npz") for i in todo}  # a missing CAM fails first
-    with inference_device(compute) as device:
-        net = load_model(model, map_location=device, kind="affinitynet")
-        start = time.perf_counter()
-        loader = image_loader(spec, todo, int(compute.get("num_workers", 0)))
-        with torch.inference_mode():
-            for image_id, image in tqdm(loader, total=len(todo), desc="rw", disable=None):
-                cams = load_scores(sources[image_id])
-                if "cam" not in cams:
-                    raise DataError(f"{sources[image_id]}: no strided 'cam' array")
-                rw = refine(net, image, cams, settings, device)
-                save_scores(out_dir / f"{image_id}.npz", cams["keys"], rw=rw.cpu().numpy())
-    log.info("rw: %d images on %s in %.1f s", len(todo), device, time.perf_counter() - start)
+    job = InferenceJob(
+        name="rw",
+        kinds=("affinitynet",),  # boundaries know no classes: no class-count check
+        prepare=functools.partial(scaled_batch, scale=1.0, flip=False),
+    )
+    step = functools.partial(rw_step, sources=sources, settings=settings, out_dir=out_dir)
+    run_images(spec, run, job, todo, step)

@@ -4,6 +4,7 @@
 rule make_affinity_labels:
     input:
         cams=lambda w: shard_dirs(w.experiment, "cams", w.split),
+        manifest=manifest("{split}", "images"),
     output:
         directory(
             f"{RESULTS}/{{experiment}}/affinity_labels/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
@@ -12,6 +13,7 @@ rule make_affinity_labels:
         f"{LOGS}/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/make_affinity_labels-{{split}}-{{shard}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
     threads: CRF_THREADS
@@ -21,14 +23,15 @@ rule make_affinity_labels:
         n_shards=N_SHARDS,
         code=code("pcam.stages.affinity_labels"),
     shell:
-        "pcam --log-file {log} make-affinity-labels --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --cams {input.cams} --split {wildcards.split}"
+        "pcam --log-file {log:q} make-affinity-labels --dataset {params.dataset:q}"
+        " --settings {params.settings:q} --cams {input.cams:q} --split {wildcards.split:q}"
         " --shard {wildcards.shard} --num-shards {params.n_shards} --workers {threads}"
-        " --out {output}"
+        " --out {output:q}"
 
 
 rule train_affinitynet:
     input:
+        manifest=manifest(DATA["train_split"], "images"),
         labels=lambda w: shard_dirs(
             w.experiment, "affinity_labels", DATA["train_split"]
         ),
@@ -47,6 +50,7 @@ rule train_affinitynet:
         f"{LOGS}/benchmarks/{{experiment}}/train_affinitynet.tsv"
     conda:
         "../envs/pcam.yaml"
+    threads: TORCH_THREADS
     resources:
         gpu=GPUS,
     params:
@@ -55,20 +59,23 @@ rule train_affinitynet:
             w.experiment, "affinitynet", settings("affinitynet")(w)
         ),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("training"),
         code=code("pcam.stages.affinitynet"),
-        init=lambda w, input: f"--init-from {input.init}" if input.init else "",
+        init=lambda w, input: flag_with_files("--init-from", input.init),
     shell:
-        "pcam --log-file {log} train-affinitynet --dataset {params.dataset:q}"
+        "pcam --log-file {log:q} train-affinitynet --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} {params.init}"
-        " --labels {input.labels} --out-model {output.model} --out-curve {output.curve}"
-        " --state-dir {params.state}"
+        " --labels {input.labels:q} --out-model {output.model:q}"
+        " --out-curve {output.curve:q} --state-dir {params.state:q}"
+        " --state-inputs {input.manifest:q}"
 
 
 rule make_rw:
     input:
         model=f"{RESULTS}/{{experiment}}/affinitynet/model.pt",
         cams=lambda w: shard_dirs(w.experiment, "cams", w.split),
+        manifest=manifest("{split}", "images"),
     output:
         directory(
             f"{RESULTS}/{{experiment}}/rw/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
@@ -77,26 +84,30 @@ rule make_rw:
         f"{LOGS}/{{experiment}}/make_rw-{{split}}-{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/make_rw-{{split}}-{{shard}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: TORCH_THREADS
     resources:
         gpu=GPUS,
     params:
         settings=settings("rw"),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("inference"),
         n_shards=N_SHARDS,
         code=code("pcam.stages.rw"),
     shell:
-        "pcam --log-file {log} make-rw --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
-        " --cams {input.cams} --split {wildcards.split} --shard {wildcards.shard}"
-        " --num-shards {params.n_shards} --out {output}"
+        "pcam --log-file {log:q} make-rw --dataset {params.dataset:q}"
+        " --settings {params.settings:q} --compute {params.compute:q}"
+        " --model {input.model:q} --cams {input.cams:q} --split {wildcards.split:q}"
+        " --shard {wildcards.shard} --num-shards {params.n_shards} --out {output:q}"
 
 
 rule make_pseudo_labels:
     input:
         rw=lambda w: shard_dirs(w.experiment, "rw", w.split),
+        manifest=manifest("{split}", "images"),
     output:
         directory(
             f"{RESULTS}/{{experiment}}/pseudo_labels/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
@@ -105,6 +116,7 @@ rule make_pseudo_labels:
         f"{LOGS}/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/make_pseudo_labels-{{split}}-{{shard}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
     threads: CRF_THREADS
@@ -114,56 +126,53 @@ rule make_pseudo_labels:
         n_shards=N_SHARDS,
         code=code("pcam.stages.pseudo_labels"),
     shell:
-        "pcam --log-file {log} make-pseudo-labels --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --rw {input.rw} --split {wildcards.split}"
+        "pcam --log-file {log:q} make-pseudo-labels --dataset {params.dataset:q}"
+        " --settings {params.settings:q} --rw {input.rw:q} --split {wildcards.split:q}"
         " --shard {wildcards.shard} --num-shards {params.n_shards} --workers {threads}"
-        " --out {output}"
+        " --out {output:q}"
 
 
 rule eval_rw:
     input:
-        rw=lambda w: shard_dirs(w.experiment, "rw", DATA["train_split"]),
-        ids=split_list(DATA["eval_split"]),
+        pred=eval_pred("rw"),
+        truth=eval_truth("rw"),
     output:
         f"{RESULTS}/{{experiment}}/eval/rw.csv",
     log:
         f"{LOGS}/{{experiment}}/eval_rw.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/eval_rw.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
-    threads: config["evaluation"]["workers"]
+    threads: EVAL["workers"]
     params:
         dataset=DATASET_JSON,
-        split=DATA["eval_split"],
-        sweep=" ".join(str(v) for v in config["evaluation"]["thresholds"]),
-        threshold=lambda w: stage_settings(config, w.experiment, "rw")["threshold"],
-        every=config["evaluation"]["every"],
+        args=eval_args("rw"),
         code=code("pcam.evaluate"),
     shell:
-        "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
-        " --pred {input.rw} --score-key rw --threshold {params.threshold}"
-        " --sweep {params.sweep} --every {params.every} --workers {threads} --out {output}"
+        "pcam --log-file {log:q} evaluate --dataset {params.dataset:q} {params.args}"
+        " --pred {input.pred:q} --workers {threads} --out {output:q}"
 
 
 rule eval_pseudo_labels:
     input:
-        labels=lambda w: shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"]),
-        ids=split_list(DATA["eval_split"]),
+        pred=eval_pred("rw_crf"),
+        truth=eval_truth("rw_crf"),
     output:
         f"{RESULTS}/{{experiment}}/eval/rw_crf.csv",
     log:
         f"{LOGS}/{{experiment}}/eval_pseudo_labels.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/eval_pseudo_labels.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
-    threads: config["evaluation"]["workers"]
+    threads: EVAL["workers"]
     params:
         dataset=DATASET_JSON,
-        split=DATA["eval_split"],
-        every=config["evaluation"]["every"],
+        args=eval_args("rw_crf"),
         code=code("pcam.evaluate"),
     shell:
-        "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
-        " --pred {input.labels} --every {params.every} --workers {threads} --out {output}"
+        "pcam --log-file {log:q} evaluate --dataset {params.dataset:q} {params.args}"
+        " --pred {input.pred:q} --workers {threads} --out {output:q}"

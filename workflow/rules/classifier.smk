@@ -3,8 +3,10 @@
 
 rule train_classifier:
     input:
-        check=f"{RESULTS}/data_check.csv",
-        ids=split_list(DATA["train_split"]),
+        manifest=[manifest(DATA["train_split"], kind) for kind in ("images", "labels")],
+        checked=checked_first(
+            *[manifest(DATA["train_split"], kind) for kind in ("images", "labels")]
+        ),
     output:
         model=f"{RESULTS}/{{experiment}}/classifier/model.pt",
         curve=report(
@@ -19,24 +21,27 @@ rule train_classifier:
         f"{LOGS}/benchmarks/{{experiment}}/train_classifier.tsv"
     conda:
         "../envs/pcam.yaml"
+    threads: TORCH_THREADS
     resources:
         gpu=GPUS,
     params:
         settings=settings("classifier"),
         state=lambda w: state_dir(w.experiment, "classifier", settings("classifier")(w)),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("training"),
         code=code("pcam.stages.classifier"),
     shell:
-        "pcam --log-file {log} train-classifier --dataset {params.dataset:q}"
+        "pcam --log-file {log:q} train-classifier --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q}"
-        " --out-model {output.model} --out-curve {output.curve} --state-dir {params.state}"
+        " --out-model {output.model:q} --out-curve {output.curve:q}"
+        " --state-dir {params.state:q} --state-inputs {input.manifest:q}"
 
 
 rule make_cams:
     input:
         model=f"{RESULTS}/{{experiment}}/classifier/model.pt",
-        ids=lambda w: split_list(w.split),
+        manifest=manifest("{split}", "images"),
     output:
         directory(
             f"{RESULTS}/{{experiment}}/cams/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
@@ -45,44 +50,44 @@ rule make_cams:
         f"{LOGS}/{{experiment}}/make_cams-{{split}}-{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/make_cams-{{split}}-{{shard}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: TORCH_THREADS
     resources:
         gpu=GPUS,
     params:
         settings=settings("cams"),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("inference"),
         n_shards=N_SHARDS,
         code=code("pcam.stages.cams"),
     shell:
-        "pcam --log-file {log} make-cams --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
-        " --split {wildcards.split} --shard {wildcards.shard} --num-shards {params.n_shards}"
-        " --out {output}"
+        "pcam --log-file {log:q} make-cams --dataset {params.dataset:q}"
+        " --settings {params.settings:q} --compute {params.compute:q}"
+        " --model {input.model:q} --split {wildcards.split:q} --shard {wildcards.shard}"
+        " --num-shards {params.n_shards} --out {output:q}"
 
 
 rule eval_cams:
     input:
-        cams=lambda w: shard_dirs(w.experiment, "cams", DATA["train_split"]),
-        ids=split_list(DATA["eval_split"]),
+        pred=eval_pred("cam"),
+        truth=eval_truth("cam"),
     output:
         f"{RESULTS}/{{experiment}}/eval/cam.csv",
     log:
         f"{LOGS}/{{experiment}}/eval_cams.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/eval_cams.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
-    threads: config["evaluation"]["workers"]
+    threads: EVAL["workers"]
     params:
         dataset=DATASET_JSON,
-        split=DATA["eval_split"],
-        sweep=" ".join(str(v) for v in config["evaluation"]["thresholds"]),
-        threshold=config["evaluation"]["cam_threshold"],
-        every=config["evaluation"]["every"],
+        args=eval_args("cam"),
         code=code("pcam.evaluate"),
     shell:
-        "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
-        " --pred {input.cams} --score-key hr_cam --threshold {params.threshold}"
-        " --sweep {params.sweep} --every {params.every} --workers {threads} --out {output}"
+        "pcam --log-file {log:q} evaluate --dataset {params.dataset:q} {params.args}"
+        " --pred {input.pred:q} --workers {threads} --out {output:q}"

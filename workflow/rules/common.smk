@@ -1,32 +1,43 @@
-"""Config validation and the small input functions every rule uses. Logic lives in `pcam`."""
+"""Config validation and the small input functions every rule uses. Logic lives in `pcam`.
+
+Shell commands quote every path (`:q`); split and experiment names are restricted by the schema
+to [A-Za-z0-9_-]; argument lists built here are joined with shlex.
+"""
 
 import json
-import os
+import shlex
 from pathlib import Path
 
 from pcam.config import experiments, stage_settings, validate_config
+from pcam.data import manifest as data_manifest
 from pcam.data.voc import DatasetSpec
-from pcam.fingerprint import code_fingerprint
+from pcam.fingerprint import code_fingerprint, result_compute
+from pcam.pipeline import SUPERVISIONS, scored_stages, segmentation_stages
 from pcam.summary import paper_values
 
 validate_config(config, "config")
 
-RESULTS = config.get("results_dir", "results")
+RESULTS = config["results_dir"]
 DATA = config["dataset"]
 ROOT = DATA["root"]
+SPEC = DatasetSpec.from_settings(DATA)
 SPLIT_DIR = f"{ROOT}/{DATA['split_dir']}"
 N_SHARDS = config["compute"]["cam_shards"]
 CRF_THREADS = config["compute"]["crf_threads"]
+TORCH_THREADS = config["compute"]["torch_threads"]
 GPUS = config["compute"]["gpus_per_job"]
+EVAL = config["evaluation"]
 RUN = experiments(config)
 WEAK = experiments(config, "weak")
 LOGS = "logs"
+SCORED = {s.name: s for sup in SUPERVISIONS for s in scored_stages(sup)}
 
 
 wildcard_constraints:
     experiment="[A-Za-z0-9][A-Za-z0-9_-]*",
     split="[A-Za-z0-9_-]+",
     shard=r"\d+",
+    kind="|".join(data_manifest.KINDS),
 
 
 def split_list(name):
@@ -42,6 +53,47 @@ def shard_dirs(experiment, stage, split):
     ]
 
 
+# ---------------------------------------------------------------- the dataset as an input
+
+
+def manifest(split, kind):
+    """Content manifest of a split written by check_data (pcam.data.manifest): what a rule
+    reading that split's images (`images`) or ground truth and tags (`labels`) depends on.
+    """
+    return f"{RESULTS}/manifest/{split}/{kind}.tsv"
+
+
+def data_fingerprint(w):
+    """params of check_data: the split's content digest now (size + mtime first, hashes of
+    changed files only), so an edited file re-runs the check and a touched one does not.
+    """
+    return data_manifest.fingerprint(
+        SPEC, w.split, w.kind, Path(manifest(w.split, w.kind))
+    )
+
+
+def _all_checks():
+    """Every check of the configured splits: both kinds, images only for the test split."""
+    checks = {
+        manifest(DATA[key], kind)
+        for key in ("train_split", "eval_split", "val_split")
+        for kind in data_manifest.KINDS
+    }
+    if DATA["test_split"]:
+        checks.add(manifest(DATA["test_split"], "images"))
+    return checks
+
+
+def checked_first(*reads):
+    """The checks a first training waits for beyond what it reads (`reads`), as ancient():
+    every split is checked before compute is spent, and re-checking a split the training does
+    not read does not re-run it."""
+    return [ancient(path) for path in sorted(_all_checks() - set(reads))]
+
+
+# ---------------------------------------------------------------- params
+
+
 def settings(stage):
     """A params function: the experiment's merged settings of `stage`, as JSON."""
     return lambda w: json.dumps(
@@ -49,16 +101,21 @@ def settings(stage):
     )
 
 
-def affinitynet_init(w):
-    """The experiment's classifier, when AffinityNet's frozen backbone starts from it."""
-    if stage_settings(config, w.experiment, "affinitynet").get("init_from_classifier"):
-        return f"{RESULTS}/{w.experiment}/classifier/model.pt"
-    return []
-
-
 def code(*modules):
     """A params value: fingerprint of the pcam modules a rule runs (Snakemake cannot see them)."""
     return code_fingerprint(*modules)
+
+
+def compute_json(w, threads):
+    """The whole `compute` section for the command's --compute. Taking `threads` makes this a
+    derived param, which Snakemake leaves out of the params rerun trigger: worker and thread
+    counts never make results stale. What does change results is in `result_keys`."""
+    return COMPUTE_JSON
+
+
+def result_keys(role):
+    """A params value: the compute keys that change the result of a `role` rule."""
+    return json.dumps(result_compute(config["compute"], role), sort_keys=True)
 
 
 def state_dir(experiment, stage, settings_json):
@@ -69,13 +126,19 @@ def state_dir(experiment, stage, settings_json):
     return f"{RESULTS}/{experiment}/.state/{stage}-{key}"
 
 
+def flag_with_files(flag, files):
+    """`--flag f1 f2 ...` shell-quoted, or nothing when there are no files (one file: a str)."""
+    files = [files] if isinstance(files, str) else list(files)
+    return shlex.join([flag, *files]) if files else ""
+
+
 DATASET_JSON = json.dumps(DATA, sort_keys=True)
 COMPUTE_JSON = json.dumps(config["compute"], sort_keys=True)
 
 
 def _paper_table():
     """The paper's mIoU per experiment and stage, when the dataset is VOC 2012 (not the demo)."""
-    if config["demo"]["enabled"] or not DatasetSpec.from_settings(DATA).is_voc:
+    if config["demo"]["enabled"] or not SPEC.is_voc:
         return {}
     return {
         name: paper_values(
@@ -90,26 +153,94 @@ def _paper_table():
 PAPER = _paper_table()
 
 
+def affinitynet_init(w):
+    """The experiment's classifier, when AffinityNet's frozen backbone starts from it."""
+    if stage_settings(config, w.experiment, "affinitynet")["init_from_classifier"]:
+        return f"{RESULTS}/{w.experiment}/classifier/model.pt"
+    return []
+
+
+def is_full(experiment):
+    return config["experiments"][experiment]["supervision"] == "full"
+
+
+def required_masks(w):
+    """check-data's --require-masks: a full-supervision experiment trains on every train mask."""
+    needed = w.kind == "labels" and w.split == DATA["train_split"]
+    if needed and any(is_full(name) for name in RUN):
+        return flag_with_files("--require-masks", w.split)
+    return ""
+
+
 def deeplab_labels(w):
     """Pseudo-label shards for weak experiments; none (ground truth) for full supervision."""
-    if config["experiments"][w.experiment]["supervision"] == "full":
+    if is_full(w.experiment):
         return []
     return shard_dirs(w.experiment, "pseudo_labels", DATA["train_split"])
 
 
-def eval_deeplab_inputs(w):
-    """Prediction shards of the val split, with or without dCRF as the stage name says."""
-    kind = "deeplab_pred_crf" if w.dl_stage.endswith("_crf") else "deeplab_pred"
-    return shard_dirs(w.experiment, kind, DATA["val_split"])
+def deeplab_data(w):
+    """DeepLab reads the training images, and the ground-truth masks under full supervision."""
+    kinds = ("images", "labels") if is_full(w.experiment) else ("images",)
+    return [manifest(DATA["train_split"], kind) for kind in kinds]
+
+
+def deeplab_checks(w):
+    """`checked_first` for DeepLab: the full experiment's DeepLab trains before any classifier."""
+    return checked_first(*deeplab_data(w))
+
+
+# ---------------------------------------------------------------- evaluation (pcam.pipeline)
+
+
+def scored(w, name):
+    """The stage-table entry an evaluation scores: `name`, or the `dl_stage` wildcard."""
+    return SCORED[name or w.dl_stage]
+
+
+def eval_pred(name=None):
+    """Input function: the shards an evaluation scores (the table's source folder and split)."""
+
+    def pred(w):
+        stage = scored(w, name)
+        return shard_dirs(w.experiment, stage.source, DATA[stage.source_split])
+
+    return pred
+
+
+def eval_truth(name=None):
+    """Input function: the labels manifest of the split an evaluation scores."""
+    return lambda w: manifest(DATA[scored(w, name).split], "labels")
+
+
+def eval_args(name=None):
+    """A params function: `--split`, `--every` and, for score maps, the score key, the
+    `evaluation` threshold the table names and the sweep, as one shell-quoted string."""
+
+    def args(w):
+        stage = scored(w, name)
+        argv = ["--split", DATA[stage.split], "--every", str(EVAL["every"])]
+        if stage.score_key:
+            argv += ["--score-key", stage.score_key]
+            argv += ["--threshold", str(EVAL[stage.threshold])]
+            argv += ["--sweep", *(str(v) for v in EVAL["thresholds"])]
+        return shlex.join(argv)
+
+    return args
+
+
+SEGMENTATION_STAGES = "|".join(
+    s.name for sup in SUPERVISIONS for s in segmentation_stages(sup)
+)
 
 
 def eval_csvs(experiment):
-    """Evaluation CSVs of one experiment, named after the summary's stages."""
-    if config["experiments"][experiment]["supervision"] == "full":
-        stages = ["deeplab_full", "deeplab_full_crf"]
-    else:
-        stages = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
-    return [f"{RESULTS}/{experiment}/eval/{stage}.csv" for stage in stages]
+    """Evaluation CSVs of one experiment, named after the summary's stages (pcam.pipeline)."""
+    supervision = config["experiments"][experiment]["supervision"]
+    return [
+        f"{RESULTS}/{experiment}/eval/{stage.name}.csv"
+        for stage in scored_stages(supervision)
+    ]
 
 
 ALL_EVALS = [csv for name in RUN for csv in eval_csvs(name)]

@@ -1,4 +1,4 @@
-"""The dataset: the procedural demo (when enabled) and the pre-flight check."""
+"""The dataset: the procedural demo (when enabled) and the pre-flight checks and manifests."""
 
 if config["demo"]["enabled"]:
 
@@ -19,8 +19,10 @@ if config["demo"]["enabled"]:
             f"{LOGS}/demo_data.log",
         benchmark:
             f"{LOGS}/benchmarks/demo_data.tsv"
+        retries: 0
         conda:
             "../envs/pcam.yaml"
+        threads: 1
         params:
             root=lambda w, output: os.path.dirname(output.description),
             n_train=config["demo"]["n_train"],
@@ -30,29 +32,37 @@ if config["demo"]["enabled"]:
             style=config["demo"]["style"],
             code=code("pcam.data.demo"),
         shell:
-            "pcam --log-file {log} demo-data --out {params.root} --n-train {params.n_train}"
-            " --n-val {params.n_val} --size {params.size} --seed {params.seed} --style {params.style}"
-            " --preview {output.preview}"
+            "pcam --log-file {log:q} demo-data --out {params.root:q}"
+            " --n-train {params.n_train} --n-val {params.n_val} --size {params.size}"
+            " --seed {params.seed} --style {params.style:q} --preview {output.preview:q}"
 
 
+# One check per split and kind (images; labels = masks, annotations and image-level tags). Its
+# manifest is what the rules reading that split depend on; its report and log are logs, which
+# Snakemake keeps when the check fails (the history log keeps every attempt). Not retried: bad
+# data fails the same way twice.
 rule check_data:
     input:
-        lists=[split_list(DATA[k]) for k in ("train_split", "eval_split", "val_split")],
+        ids=lambda w: split_list(w.split),
     output:
-        report=f"{RESULTS}/data_check.csv",
+        manifest=manifest("{split}", "{kind}"),
     log:
-        f"{LOGS}/check_data.log",
+        log=f"{LOGS}/check_data/{{split}}-{{kind}}.log",
+        report=f"{LOGS}/check_data/{{split}}-{{kind}}.csv",
     benchmark:
-        f"{LOGS}/benchmarks/check_data.tsv"
+        f"{LOGS}/benchmarks/check_data-{{split}}-{{kind}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
+    threads: 1
     params:
         dataset=DATASET_JSON,
-        splits=" ".join(
-            f"--split {DATA[k]}" for k in ("train_split", "eval_split", "val_split")
-        ),
         train_split=DATA["train_split"],
-        code=code("pcam.data.check"),
+        masks=required_masks,
+        data=data_fingerprint,
+        code=code("pcam.data.check", "pcam.data.manifest"),
     shell:
-        "pcam --log-file {log} check-data --dataset {params.dataset:q} {params.splits}"
-        " --training-split {params.train_split} --report {output.report}"
+        "pcam --log-file {log.log:q} check-data --dataset {params.dataset:q}"
+        " --split {wildcards.split:q} --kind {wildcards.kind:q}"
+        " --training-split {params.train_split:q} --report {log.report:q}"
+        " --manifest {output.manifest:q} {params.masks}"

@@ -3,8 +3,8 @@
 
 rule train_deeplab:
     input:
-        check=f"{RESULTS}/data_check.csv",
-        ids=split_list(DATA["train_split"]),
+        manifest=deeplab_data,
+        checked=deeplab_checks,
         labels=deeplab_labels,
     output:
         model=f"{RESULTS}/{{experiment}}/deeplab/model.pt",
@@ -20,27 +20,28 @@ rule train_deeplab:
         f"{LOGS}/benchmarks/{{experiment}}/train_deeplab.tsv"
     conda:
         "../envs/pcam.yaml"
+    threads: TORCH_THREADS
     resources:
         gpu=GPUS,
     params:
         settings=settings("deeplab"),
         state=lambda w: state_dir(w.experiment, "deeplab", settings("deeplab")(w)),
-        labels=lambda w, input: (
-            f"--labels {' '.join(input.labels)}" if input.labels else ""
-        ),
+        labels=lambda w, input: flag_with_files("--labels", input.labels),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("training"),
         code=code("pcam.stages.deeplab"),
     shell:
-        "pcam --log-file {log} train-deeplab --dataset {params.dataset:q}"
+        "pcam --log-file {log:q} train-deeplab --dataset {params.dataset:q}"
         " --settings {params.settings:q} --compute {params.compute:q} {params.labels}"
-        " --out-model {output.model} --out-curve {output.curve} --state-dir {params.state}"
+        " --out-model {output.model:q} --out-curve {output.curve:q}"
+        " --state-dir {params.state:q} --state-inputs {input.manifest:q}"
 
 
 rule infer_deeplab:
     input:
         model=f"{RESULTS}/{{experiment}}/deeplab/model.pt",
-        ids=lambda w: split_list(w.split),
+        manifest=manifest("{split}", "images"),
     output:
         plain=directory(
             f"{RESULTS}/{{experiment}}/deeplab_pred/{{split}}/shard-{{shard}}-of-{N_SHARDS}"
@@ -52,6 +53,7 @@ rule infer_deeplab:
         f"{LOGS}/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/infer_deeplab-{{split}}-{{shard}}.tsv"
+    retries: 0
     conda:
         "../envs/pcam.yaml"
     threads: CRF_THREADS
@@ -60,21 +62,23 @@ rule infer_deeplab:
     params:
         settings=settings("deeplab_inference"),
         dataset=DATASET_JSON,
-        compute=COMPUTE_JSON,
+        compute=compute_json,
+        result=result_keys("inference"),
         n_shards=N_SHARDS,
         server=lambda w: "--server-format" if w.split == DATA["test_split"] else "",
         code=code("pcam.stages.deeplab"),
     shell:
-        "pcam --log-file {log} infer-deeplab --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --compute {params.compute:q} --model {input.model}"
-        " --split {wildcards.split} --shard {wildcards.shard} --num-shards {params.n_shards}"
-        " --workers {threads} {params.server} --out {output.plain} --out-crf {output.crf}"
+        "pcam --log-file {log:q} infer-deeplab --dataset {params.dataset:q}"
+        " --settings {params.settings:q} --compute {params.compute:q}"
+        " --model {input.model:q} --split {wildcards.split:q} --shard {wildcards.shard}"
+        " --num-shards {params.n_shards} --workers {threads} {params.server}"
+        " --out {output.plain:q} --out-crf {output.crf:q}"
 
 
 rule eval_deeplab:
     input:
-        pred=eval_deeplab_inputs,
-        ids=split_list(DATA["val_split"]),
+        pred=eval_pred(),
+        truth=eval_truth(),
     output:
         f"{RESULTS}/{{experiment}}/eval/{{dl_stage}}.csv",
     log:
@@ -82,15 +86,15 @@ rule eval_deeplab:
     benchmark:
         f"{LOGS}/benchmarks/{{experiment}}/eval_{{dl_stage}}.tsv"
     wildcard_constraints:
-        dl_stage="deeplab(_full)?(_crf)?",
+        dl_stage=SEGMENTATION_STAGES,
+    retries: 0
     conda:
         "../envs/pcam.yaml"
-    threads: config["evaluation"]["workers"]
+    threads: EVAL["workers"]
     params:
         dataset=DATASET_JSON,
-        split=DATA["val_split"],
-        every=config["evaluation"]["every"],
+        args=eval_args(),
         code=code("pcam.evaluate"),
     shell:
-        "pcam --log-file {log} evaluate --dataset {params.dataset:q} --split {params.split}"
-        " --pred {input.pred} --every {params.every} --workers {threads} --out {output}"
+        "pcam --log-file {log:q} evaluate --dataset {params.dataset:q} {params.args}"
+        " --pred {input.pred:q} --workers {threads} --out {output:q}"

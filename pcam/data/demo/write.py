@@ -19,7 +19,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from pcam.data.demo.draw import DemoSample
-from pcam.data.voc import DatasetSpec, load_image, read_split, training_mask, voc_palette
+from pcam.data.voc import (
+    DatasetSpec,
+    annotation_root,
+    load_image,
+    read_split,
+    training_mask,
+    voc_palette,
+)
 from pcam.errors import DataError
 from pcam.io import IGNORE_INDEX, atomic_path, palette_bytes, save_label_png, write_text
 
@@ -66,13 +73,7 @@ def annotation_xml(
     class_names: every class name, background first (`class_names[label]` names an object).
     """
     h, w = sample.instances.shape
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "demo"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", w), ("height", h), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(root, "segmented").text = "1"
+    root = annotation_root("demo", image_id, w, h)
     for k in kept:
         obj = sample.objects[k - 1]
         ys, xs = np.nonzero(sample.instances == k)

@@ -1,0 +1,49 @@
+"""The stage table: one list of sections and scored stages that the rest of pcam reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from pcam import pipeline
+from pcam.config import load_schema
+
+
+def test_sections_are_the_schemas_stage_sections():
+    schema = load_schema()
+    for section in pipeline.SECTIONS:
+        assert section in schema["properties"], section
+        assert section in schema["$defs"], section
+
+
+def test_weak_and_full_rows_in_pipeline_order():
+    weak = [s.name for s in pipeline.scored_stages("weak")]
+    full = [s.name for s in pipeline.scored_stages("full")]
+    assert weak == ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
+    assert full == ["deeplab_full", "deeplab_full_crf"]
+    assert pipeline.stage_order() == weak + full
+    assert pipeline.train_stage_names() == {"cam", "rw", "rw_crf"}
+
+
+def test_another_segmentation_network_adds_rows_under_its_own_prefix():
+    names = [s.name for s in pipeline.scored_stages("weak", prefix="segformer")]
+    assert names[-2:] == ["segformer", "segformer_crf"]
+    assert all(not s.on_train for s in pipeline.segmentation_stages("full", "segformer"))
+
+
+def test_score_map_stages_name_their_threshold_key():
+    for stage in pipeline.WEAK_LABEL_STAGES:
+        assert (stage.score_key is None) == (stage.threshold is None)
+
+
+def test_unknown_supervision_is_refused():
+    with pytest.raises(ValueError, match="unknown supervision"):
+        pipeline.scored_stages("semi")
+
+
+def test_sections_and_trained_networks_of_each_supervision():
+    assert pipeline.stage_sections("weak") == list(pipeline.SECTIONS)
+    assert pipeline.stage_sections("full") == ["deeplab", "deeplab_inference"]
+    assert pipeline.trained_sections("weak") == ["classifier", "affinitynet", "deeplab"]
+    assert pipeline.trained_sections("full") == ["deeplab"]
+    with pytest.raises(ValueError, match="unknown supervision"):
+        pipeline.stage_sections("semi")
