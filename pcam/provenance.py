@@ -120,12 +120,15 @@ def device_facts(compute: Mapping[str, Any]) -> dict[str, Any]:
     used_cuda = torch.cuda.is_initialized()
     device = torch.device("cuda" if used_cuda else "cpu")
     dtype = autocast_dtype(device, compute["mixed_precision"])
-    names = []
+    names, peak = [], None
     if used_cuda:
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        count = torch.cuda.device_count()
+        names = [torch.cuda.get_device_name(i) for i in range(count)]
+        peak = round(max(torch.cuda.max_memory_allocated(i) for i in range(count)) / 2**20, 1)
     return {
         "device": device.type,
         "device_names": names,
+        "peak_gpu_mb": peak,  # tensors' peak on this process's busiest GPU (None on the CPU)
         "precision": {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype],
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "gpus_per_job": compute["gpus_per_job"],

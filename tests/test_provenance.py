@@ -54,6 +54,7 @@ def test_run_record_of_a_cpu_job(tmp_path, monkeypatch):
     assert path == out.parent / ".runs" / "shard-0-of-2.json"
     record = json.loads(path.read_text())
     assert record["device"] == "cpu" and record["precision"] == "fp32"
+    assert record["peak_gpu_mb"] is None
     assert record["command"] == "make-cams" and record["output"] == str(out)
     assert record["started"] <= record["finished"] and record["peak_rss_mb"] > 0
     for key in ("commit", "dirty", "host", "cpus", "python", "packages", "world_size"):
@@ -186,10 +187,11 @@ def test_a_job_that_used_cuda_records_the_gpu_and_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a simulated GPU job
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Simulated GPU {i}")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda i: (i + 1) * 3 * 2**29)
     monkeypatch.setenv("WORLD_SIZE", "2")
     facts = provenance.device_facts({**COMPUTE, "gpus_per_job": 2})
     assert facts == {
         "device": "cuda", "device_names": ["Simulated GPU 0", "Simulated GPU 1"],
-        "precision": "fp16", "world_size": 2, "gpus_per_job": 2,
+        "peak_gpu_mb": 3072.0, "precision": "fp16", "world_size": 2, "gpus_per_job": 2,
     }  # fmt: skip
     assert provenance.device_facts({**COMPUTE, "mixed_precision": "off"})["precision"] == "fp32"
