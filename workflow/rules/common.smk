@@ -160,6 +160,13 @@ def affinitynet_init(w):
     return []
 
 
+def classifier_import(w):
+    """`classifier.from_checkpoint`: the imported model train_classifier adopts, an input so
+    that a changed file re-runs it and its descendants; none when the classifier is trained.
+    """
+    return stage_settings(config, w.experiment, "classifier")["from_checkpoint"] or []
+
+
 def is_full(experiment):
     return config["experiments"][experiment]["supervision"] == "full"
 
