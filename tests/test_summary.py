@@ -292,8 +292,10 @@ def test_seeded_csv_reads_back_and_shows_mean_plus_minus_std(seeded, tmp_path):
 def test_seeds_that_disagree_on_their_images_are_refused_naming_the_stage(tmp_path):
     root = tmp_path / "results"
     evals = _seeded(root, "puzzle", ["deeplab"], [0, 1])
-    result = EvalResult(split="val", class_names=CLASSES, every=1, n_images=6, threshold=None,
-                        confusion=_confusion(1), sweep_thresholds=[], sweep_confusion=None)  # fmt: skip
+    result = EvalResult(
+        split="val", class_names=CLASSES, every=1, n_images=6, threshold=None,
+        confusion=_confusion(1), sweep_thresholds=[], sweep_confusion=None,
+    )  # fmt: skip
     write_csv(result, evals[1])
     with pytest.raises(
         DataError, match="puzzle deeplab: the seeds' evaluations differ in n_images"
