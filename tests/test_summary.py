@@ -307,3 +307,34 @@ def test_without_seeds_there_are_no_seed_columns(run):
     _, out, _ = run
     assert out.read_text().splitlines()[0] == ",".join(COLUMNS)
     assert "seed" not in display_frame(read_summary_csv(out)).columns
+
+
+def test_another_network_s_rows_follow_the_deeplab_rows_and_pair_with_its_own_full(tmp_path):
+    evals = _results(
+        tmp_path / "results",
+        {"puzzle": WEAK, "seg": [*WEAK[:3], "segformer", "segformer_crf"],
+         "full": FULL, "segfull": ["segformer_full", "segformer_full_crf"]},
+    )  # fmt: skip
+    out = tmp_path / "summary.csv"
+    summarize(evals, out=out, splits=SPLITS)
+    rows = {(r["experiment"], r["stage"]): r for r in _rows(out)}
+    assert [s for e, s in rows if e == "seg"] == [
+        "cam",
+        "rw",
+        "rw_crf",
+        "segformer",
+        "segformer_crf",
+    ]
+    assert rows[("seg", "segformer")]["split"] == "val"
+    # two fully supervised experiments, one per network: no single reference, no ratio
+    assert all(r["weak_full_ratio"] == "" for r in rows.values())
+    only_segformer = [p for p in evals if p.parent.parent.name not in ("full",)]
+    summarize(only_segformer, out=out, splits=SPLITS)
+    rows = {(r["experiment"], r["stage"]): r for r in _rows(out)}
+    ratio = float(rows[("seg", "segformer")]["miou"]) / float(
+        rows[("segfull", "segformer_full")]["miou"]
+    )
+    assert float(rows[("seg", "segformer")]["weak_full_ratio"]) == pytest.approx(ratio, abs=1e-3)
+    assert rows[("puzzle", "deeplab")]["weak_full_ratio"] == ""  # no DeepLab reference
+    pivot = pivot_frame(read_summary_csv(out)).set_index("experiment")
+    assert pivot.loc["segfull", "segformer"] == rows[("segfull", "segformer_full")]["miou"]
