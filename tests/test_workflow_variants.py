@@ -14,6 +14,7 @@ import torch
 
 from pcam.summary import COLUMNS, MEAN_SEED, SEED_COLUMNS
 from tests.snakemake_runner import Project, make_project
+from tests.stage_settings import section
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +98,7 @@ def _imported_classifier(project: Project, seed: int) -> Path:
     from pcam.models.official import import_checkpoint, pcam_to_official
 
     torch.manual_seed(seed)
-    settings = {"backbone": "resnet18", "output_stride": 16, "norm": "bn"}
-    model = Classifier.from_settings(settings, len(STYLES["parts"].CLASSES))
+    model = Classifier.from_settings(section("classifier"), len(STYLES["parts"].classes))
     official = project.work / "official.pth"
     torch.save(pcam_to_official("classifier", model.state_dict()), official)
     out = project.work / "imported" / "classifier.pt"
