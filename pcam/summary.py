@@ -291,11 +291,17 @@ def _best(summary: pd.DataFrame) -> pd.Series:
 
 
 def _miou_cell(summary: pd.DataFrame) -> pd.Series:
-    """mIoU as shown: "mean ± std" on the seeds' mean rows, the value elsewhere."""
+    """mIoU as shown: "mean ± std" on the seeds' mean rows (std to 2 decimals, like the mIoU:
+    equal seeds give pandas' float noise, e.g. 2e-15, in the CSV), the value elsewhere."""
     if "seed" not in summary.columns:
         return summary["miou"]
-    spread = summary["miou"] + " ± " + summary["miou_std"]
-    return spread.where(summary["seed"] == MEAN_SEED, summary["miou"])
+    mean = summary["seed"] == MEAN_SEED
+    std = summary["miou_std"].where(~mean, summary["miou_std"].map(_two_decimals))
+    return (summary["miou"] + " ± " + std).where(mean, summary["miou"])
+
+
+def _two_decimals(cell: str) -> str:
+    return f"{float(cell):.2f}" if cell else cell
 
 
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:

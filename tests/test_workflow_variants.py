@@ -66,7 +66,7 @@ def test_three_seeds_run_one_chain_each_and_the_summary_aggregates_them(tmp_path
     assert (mean["n_seeds"] == "3").all()
     page = project.results_path("figures", "summary.html").read_text()
     cam = mean.loc["cam"]
-    assert f"{cam['miou']} ± {cam['miou_std']}" in page
+    assert f"{cam['miou']} ± {float(cam['miou_std']):.2f}" in page
 
 
 def test_one_seed_plans_todays_jobs_and_two_plan_a_chain_each(tmp_path):
