@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -131,17 +132,22 @@ def validate_compute(compute: dict) -> dict:
     return compute
 
 
-def stage_settings(cfg: dict, experiment: str, stage: str) -> dict:
+def stage_settings(cfg: dict, run: str, stage: str) -> dict:
     """Defaults of section `stage` deep-merged with the experiment's overrides of it.
 
-    `pretrained: true` becomes the `pretrained_dir` folder when that top-level key is set.
+    `run`: an experiment's name, or one seed's run of it (`NAME/seed-K`, see `runs`); the
+    section's `seed` (if it has one) is offset by the run's seed (`run_seed`). `pretrained:
+    true` becomes the `pretrained_dir` folder when that top-level key is set.
     """
+    experiment, _ = parse_run(run)
     try:
         exp = cfg["experiments"][experiment]
     except KeyError as exc:
         raise ConfigError(f"experiments.{experiment}: no such experiment") from exc
     # An experiment overrides only the sections it names (schema: `experiment`).
     merged = deep_merge(cfg[stage], exp.get(stage, {}))
+    if "seed" in merged:
+        merged["seed"] += run_seed(cfg, run)
     if "pretrained" in merged and merged["pretrained"] is True and cfg["pretrained_dir"]:
         merged["pretrained"] = cfg["pretrained_dir"]  # one folder of offline weights for all
     return merged
@@ -155,3 +161,47 @@ def experiments(cfg: dict, supervision: str | None = None) -> list[str]:
         for name in selected
         if supervision is None or cfg["experiments"][name]["supervision"] == supervision
     ]
+
+
+# --------------------------------------------------------------------------- seeds
+
+_RUN = re.compile(r"(?P<experiment>[A-Za-z0-9][A-Za-z0-9_-]*)(?:/seed-(?P<seed>[0-9]+))?")
+
+
+def run_folder(experiment: str, seed: int | None) -> str:
+    """The results folder of a run, relative to results_dir: `NAME`, or `NAME/seed-K`."""
+    return experiment if seed is None else f"{experiment}/seed-{seed}"
+
+
+def parse_run(run: str) -> tuple[str, int | None]:
+    """(experiment, seed) of a run folder (`run_folder`); seed None for a run without one."""
+    match = _RUN.fullmatch(run)
+    if not match:
+        raise ConfigError(f"{run!r}: not an experiment run (NAME or NAME/seed-K)")
+    seed = match["seed"]
+    return match["experiment"], None if seed is None else int(seed)
+
+
+def runs(cfg: dict, supervision: str | None = None) -> list[str]:
+    """The run folders of the experiments to run (`experiments`): one `NAME/seed-K` per seed
+    of an experiment listing several `seeds`, else `NAME` (one seed or none: today's layout)."""
+    out: list[str] = []
+    for name in experiments(cfg, supervision):
+        seeds = cfg["experiments"][name].get("seeds", [])  # optional key: absent = no seeds
+        out += [run_folder(name, k) for k in seeds] if len(seeds) > 1 else [name]
+    return out
+
+
+def run_seed(cfg: dict, run: str) -> int:
+    """The seed of a run, which offsets every stage's `seed` (classifier, affinitynet,
+    deeplab): K of `NAME/seed-K`, the one seed of an experiment listing one, else 0."""
+    experiment, seed = parse_run(run)
+    if seed is not None:
+        return seed
+    seeds = cfg["experiments"][experiment].get("seeds", [])  # optional key: absent = no seeds
+    return seeds[0] if len(seeds) == 1 else 0
+
+
+def run_supervision(cfg: dict, run: str) -> str:
+    """The supervision (weak / full) of a run's experiment."""
+    return cfg["experiments"][parse_run(run)[0]]["supervision"]

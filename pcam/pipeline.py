@@ -90,17 +90,26 @@ def scored_stages(supervision: str, prefix: str = "deeplab") -> list[ScoredStage
     return [*labels, *segmentation_stages(supervision, prefix)]
 
 
+def all_scored_stages() -> list[ScoredStage]:
+    """Every scored stage of every supervision and segmentation network, each name once, in
+    summary row order: per supervision, the label stages, then each network's rows (the
+    paper's `deeplab*` first)."""
+    stages: dict[str, ScoredStage] = {}
+    for supervision in SUPERVISIONS:
+        for prefix in segmentation_prefixes():
+            for stage in scored_stages(supervision, prefix):
+                stages.setdefault(stage.name, stage)
+    return list(stages.values())
+
+
 def stage_order() -> list[str]:
     """Row order of the summary: every stage name of every supervision, pipeline order."""
-    names: list[str] = []
-    for supervision in SUPERVISIONS:
-        names += [s.name for s in scored_stages(supervision) if s.name not in names]
-    return names
+    return [s.name for s in all_scored_stages()]
 
 
 def train_stage_names() -> set[str]:
     """Names of the stages scored on the training images (the rest are scored on val)."""
-    return {s.name for sup in SUPERVISIONS for s in scored_stages(sup) if s.on_train}
+    return {s.name for s in all_scored_stages() if s.on_train}
 
 
 def segmentation_prefix(settings: dict) -> str:
@@ -110,3 +119,12 @@ def segmentation_prefix(settings: dict) -> str:
     instead of renaming them. For `scored_stages(supervision, prefix)`."""
     network = settings["network"]
     return "deeplab" if network == "deeplabv3plus" else network
+
+
+def segmentation_prefixes() -> list[str]:
+    """The row prefix of every segmentation network the config accepts (the schema's
+    `deeplab.network` names, the paper's first): `deeplab`, then e.g. `segformer`."""
+    from pcam.config import load_schema  # pcam.config imports this module
+
+    networks = load_schema()["$defs"]["deeplab"]["properties"]["network"]["enum"]
+    return [segmentation_prefix({"network": name}) for name in networks]

@@ -182,11 +182,12 @@ def read_run_records(experiment_dir: Path) -> list[dict[str, Any]]:
 
 def resolved_settings(cfg: Mapping[str, Any], experiment: str) -> dict[str, Any]:
     """An experiment's supervision, dataset, compute and evaluation settings, and the merged
-    settings of every stage section it runs (what `provenance.json` records)."""
-    from pcam.config import stage_settings
+    settings of every stage section it runs (what `provenance.json` records). `experiment`:
+    its name or one seed's run of it (`NAME/seed-K`, `pcam.config.runs`)."""
+    from pcam.config import run_supervision, stage_settings
     from pcam.pipeline import stage_sections
 
-    supervision = cfg["experiments"][experiment]["supervision"]
+    supervision = run_supervision(dict(cfg), experiment)
     resolved = {"supervision": supervision}
     resolved.update({key: cfg[key] for key in ("dataset", "compute", "evaluation")})
     for section in stage_sections(supervision):

@@ -7,23 +7,36 @@ one's, with or without dCRF alike) and commit (the experiment's `provenance.json
 "-dirty" when tracked files differed, "unknown" outside a git checkout). mIoU values are
 percentages. Nothing in it depends on time or host, so two runs of one commit write the same bytes.
 
-The table is a pandas frame (`summary_frame`), so per-group aggregations (e.g. over seeds) are
-extra columns computed on it; `display_frame` is the one human-readable view of it, printed by
-`pcam show-summary` and rendered as HTML in the report.
+Seeds: when an experiment runs several seeds (results/{experiment}/seed-K/eval/...), the table
+gains `SEED_COLUMNS` after those: each of its stages has one row per seed (`seed` = K) and a
+`seed` = "mean" row whose numeric columns are the means over the seeds (so every column keeps its
+meaning), `n_seeds` and the sample standard deviation (ddof 1), min and max of `miou`. Rows of
+experiments without seeds have these cells empty; with no seeded experiment they are absent, so
+the table is what it was before seeds existed, byte for byte.
+
+The table is a pandas frame (`summary_frame`); `display_frame` is the one human-readable view of
+it, printed by `pcam show-summary` and rendered as HTML in the report.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from pcam.config import run_folder
 from pcam.errors import DataError
 from pcam.io import write_text
-from pcam.pipeline import scored_stages, segmentation_stages, stage_order, train_stage_names
+from pcam.pipeline import (
+    segmentation_prefixes,
+    segmentation_stages,
+    stage_order,
+    train_stage_names,
+)
 
 BASE_COLUMNS = [
     "experiment",
@@ -40,7 +53,13 @@ BASE_COLUMNS = [
     "pixel_accuracy",
 ]
 COLUMNS = [*BASE_COLUMNS, "weak_full_ratio", "commit"]
+SEED_COLUMNS = ["seed", "n_seeds", "miou_std", "miou_min", "miou_max"]
 UNKNOWN_COMMIT = "unknown"
+MEAN_SEED = "mean"  # the `seed` of the row aggregating an experiment's seeds
+# Columns of the per-seed rows: equal over seeds (the mean row repeats them), or averaged.
+_SAME_OVER_SEEDS = ["split", "n_images", "threshold", "paper_miou"]
+_MEAN_OVER_SEEDS = ["miou", "fg_miou", "best_threshold", "best_miou", "miou_official",
+                    "pixel_accuracy"]  # fmt: skip
 
 
 # Paper values on VOC 2012 (spec 12). Table 2 (train split): CAM, +RW, +dCRF per backbone for the
@@ -78,11 +97,18 @@ def paper_values(classifier: Mapping, deeplab: Mapping, supervision: str) -> dic
     return out
 
 
-def _stage_of(path: Path) -> tuple[str, str]:
-    """(experiment, stage) from results/{experiment}/eval/{stage}.csv."""
+_SEED_FOLDER = re.compile(r"seed-([0-9]+)")
+
+
+def _stage_of(path: Path) -> tuple[str, int | None, str]:
+    """(experiment, seed or None, stage) from results/{experiment}[/seed-K]/eval/{stage}.csv."""
     if path.parent.name != "eval":
         raise DataError(f"{path}: expected a path like results/EXPERIMENT/eval/STAGE.csv")
-    return path.parent.parent.name, path.stem
+    run = path.parent.parent
+    seed = _SEED_FOLDER.fullmatch(run.name)  # experiments are never named seed-K (schema)
+    if seed:
+        return run.parent.name, int(seed.group(1)), path.stem
+    return run.name, None, path.stem
 
 
 def _fmt(value) -> str:
@@ -95,10 +121,10 @@ def _fmt(value) -> str:
 
 
 def _eval_row(path: Path, splits: Mapping[str, str], paper: Mapping) -> dict:
-    """The base columns of one evaluation CSV's row."""
+    """The base columns of one evaluation CSV's row, and its `seed` (None: no seeds)."""
     from pcam.evaluate import read_summary
 
-    experiment, stage = _stage_of(Path(path))
+    experiment, seed, stage = _stage_of(Path(path))
     s = read_summary(path)
     return {
         "experiment": experiment,
@@ -107,26 +133,82 @@ def _eval_row(path: Path, splits: Mapping[str, str], paper: Mapping) -> dict:
         **{k: s[k] for k in ("n_images", "threshold", "miou", "fg_miou")},
         "paper_miou": paper[experiment][stage] if stage in paper.get(experiment, ()) else None,
         **{k: s[k] for k in ("best_threshold", "best_miou", "miou_official", "pixel_accuracy")},
+        "seed": seed,
     }
 
 
 def _weak_to_full() -> dict[str, str]:
-    """Each weak segmentation stage -> the fully supervised stage of the same kind (± dCRF)."""
-    weak, full = segmentation_stages("weak"), segmentation_stages("full")
-    return {w.name: f.name for w, f in zip(weak, full, strict=True)}
+    """Each weak segmentation stage -> the fully supervised stage of the same kind (± dCRF), for
+    every segmentation network (`deeplab` -> `deeplab_full`, `segformer_crf` -> ...)."""
+    pairs = {}
+    for prefix in segmentation_prefixes():
+        weak, full = segmentation_stages("weak", prefix), segmentation_stages("full", prefix)
+        pairs.update({w.name: f.name for w, f in zip(weak, full, strict=True)})
+    return pairs
+
+
+def headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment x stage: the seeds' mean row where there are seeds, else the row."""
+    if "seed" not in frame.columns:
+        return frame
+    single = frame["seed"].map(lambda s: s is None or s == "" or s == MEAN_SEED)
+    return frame[single]
 
 
 def weak_full_ratio(frame: pd.DataFrame) -> pd.Series:
-    """Each weak DeepLab row's mIoU over the fully supervised row of the same kind (± dCRF).
+    """Each weak DeepLab row's mIoU over the fully supervised row of the same kind (± dCRF);
+    with seeds, over the fully supervised experiment's mean row.
 
     Defined when the table holds exactly one fully supervised experiment; NaN elsewhere.
     """
     pairs = _weak_to_full()
-    full = frame[frame["stage"].isin(pairs.values())]
+    full = headline(frame)
+    full = full[full["stage"].isin(pairs.values())]
     if full["experiment"].nunique() != 1:
         return pd.Series(math.nan, index=frame.index)
     reference = full.set_index("stage")["miou"].astype(float)
     return frame["miou"].astype(float) / frame["stage"].map(pairs).map(reference)
+
+
+def seed_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The "mean" row of every experiment x stage with seeds: `_MEAN_OVER_SEEDS` averaged,
+    `_SAME_OVER_SEEDS` repeated (DataError when the seeds disagree on one), `n_seeds` and the
+    standard deviation (pandas' default, ddof 1), min and max of `miou`."""
+    seeded = frame[frame["seed"].notna()]
+    rows = []
+    for (experiment, stage), group in seeded.groupby(["experiment", "stage"], sort=False):
+        for column in _SAME_OVER_SEEDS:
+            if group[column].nunique(dropna=False) > 1:
+                raise DataError(
+                    f"{experiment} {stage}: the seeds' evaluations differ in {column} "
+                    f"({sorted(map(str, group[column].unique()))}): re-run the stale ones"
+                )
+        miou = group["miou"].astype(float)
+        rows.append({
+            "experiment": experiment, "stage": stage, "seed": MEAN_SEED,
+            **{c: group[c].iloc[0] for c in _SAME_OVER_SEEDS},
+            **{c: pd.to_numeric(group[c]).mean() for c in _MEAN_OVER_SEEDS},
+            "n_seeds": len(group), "miou_std": miou.std(), "miou_min": miou.min(),
+            "miou_max": miou.max(),
+        })  # fmt: skip
+    return pd.DataFrame.from_records(rows)
+
+
+def _commit_of(frame: pd.DataFrame, commits: Mapping[str, str]) -> pd.Series:
+    """Each row's commit: its run's (`NAME`, `NAME/seed-K`); a mean row's when its seeds agree,
+    else "mixed"."""
+    runs = [run_folder(e, s) for e, s in zip(frame["experiment"], frame["seed"], strict=True)]
+    labels = pd.Series([commits.get(r, UNKNOWN_COMMIT) for r in runs], index=frame.index)
+    per_seed = frame["seed"].map(lambda s: s is not None and s != MEAN_SEED)
+    for index in frame.index[frame["seed"] == MEAN_SEED]:
+        seeds = labels[per_seed & (frame["experiment"] == frame.at[index, "experiment"])]
+        labels[index] = seeds.iloc[0] if seeds.nunique() == 1 else "mixed"
+    return labels
+
+
+def _seed_rank(seed: int | str | None) -> float:
+    """Sort key within an experiment x stage: the seeds in order, then their mean row."""
+    return math.inf if seed == MEAN_SEED else -1 if seed is None else seed
 
 
 def summary_frame(
@@ -135,20 +217,28 @@ def summary_frame(
     paper: Mapping[str, Mapping[str, float]],
     commits: Mapping[str, str],
 ) -> pd.DataFrame:
-    """The summary (columns `COLUMNS`), sorted by experiment then pipeline stage order.
+    """The summary (columns `COLUMNS`, then `SEED_COLUMNS` when an experiment has seeds), sorted
+    by experiment, pipeline stage order, then seed (the mean row after its seeds).
 
     `splits` maps "train"/"val" to split names; `paper` experiment -> stage -> mIoU; `commits`
-    experiment -> commit label (missing: "unknown").
+    run (`NAME` or `NAME/seed-K`, as in `provenance.json`) -> commit label (missing: "unknown").
     """
     rows = [_eval_row(Path(p), splits, paper) for p in evals]
     frame = pd.DataFrame.from_records(rows, columns=BASE_COLUMNS)
+    frame["seed"] = pd.Series([row["seed"] for row in rows], index=frame.index, dtype=object)
+    with_seeds = frame["seed"].notna().any()
+    if with_seeds:
+        frame = pd.concat([frame, seed_rows(frame)], ignore_index=True)
+        counts = [None if pd.isna(n) else int(n) for n in frame["n_seeds"]]  # ints, not 3.0
+        frame["n_seeds"] = pd.Series(counts, index=frame.index, dtype=object)
     order = {name: i for i, name in enumerate(stage_order())}
     frame["_order"] = frame["stage"].map(lambda s: order.get(s, len(order)))
-    frame = frame.sort_values(["experiment", "_order"], kind="stable").drop(columns="_order")
-    frame = frame.reset_index(drop=True)
+    frame["_seed"] = frame["seed"].map(_seed_rank)
+    frame = frame.sort_values(["experiment", "_order", "_seed"], kind="stable")
+    frame = frame.drop(columns=["_order", "_seed"]).reset_index(drop=True)
     frame["weak_full_ratio"] = weak_full_ratio(frame)
-    frame["commit"] = frame["experiment"].map(lambda e: commits.get(e, UNKNOWN_COMMIT))
-    return frame[COLUMNS]
+    frame["commit"] = _commit_of(frame, commits)
+    return frame[[*COLUMNS, *SEED_COLUMNS]] if with_seeds else frame[COLUMNS]
 
 
 def to_csv(frame: pd.DataFrame) -> str:
@@ -182,6 +272,16 @@ DISPLAY_NOTES = (
     "(a diagnostic, not a weakly supervised result). weak/full: DeepLab on pseudo-labels over "
     "DeepLab on ground truth."
 )
+SEED_NOTE = (
+    "Seeds: one row per seed, then the seeds' mean (mIoU as mean ± sample standard deviation; "
+    "min and max in summary.csv)."
+)
+
+
+def display_notes(summary: pd.DataFrame) -> str:
+    """The notes under a readable table: `DISPLAY_NOTES`, and `SEED_NOTE` when it has seeds."""
+    seeded = "seed" in summary.columns and (summary["seed"] == MEAN_SEED).any()
+    return f"{DISPLAY_NOTES} {SEED_NOTE}" if seeded else DISPLAY_NOTES
 
 
 def _best(summary: pd.DataFrame) -> pd.Series:
@@ -190,44 +290,66 @@ def _best(summary: pd.DataFrame) -> pd.Series:
     return joined.where(summary["best_miou"] != "", "")
 
 
+def _miou_cell(summary: pd.DataFrame) -> pd.Series:
+    """mIoU as shown: "mean ± std" on the seeds' mean rows (std to 2 decimals, like the mIoU:
+    equal seeds give pandas' float noise, e.g. 2e-15, in the CSV), the value elsewhere."""
+    if "seed" not in summary.columns:
+        return summary["miou"]
+    mean = summary["seed"] == MEAN_SEED
+    std = summary["miou_std"].where(~mean, summary["miou_std"].map(_two_decimals))
+    return (summary["miou"] + " ± " + std).where(mean, summary["miou"])
+
+
+def _two_decimals(cell: str) -> str:
+    return f"{float(cell):.2f}" if cell else cell
+
+
 def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """The human-readable table of a summary read by `read_summary_csv` (string cells).
 
-    Columns: experiment, stage, split, images, threshold, mIoU, fg mIoU, the GT-chosen best
-    (mIoU @ threshold), and, when any row has one, paper mIoU and weak/full.
+    Columns: experiment, stage, split, (seed, when an experiment has seeds), images, threshold,
+    mIoU ("mean ± std" on a seeds' mean row), fg mIoU, the GT-chosen best (mIoU @ threshold),
+    and, when any row has one, paper mIoU and weak/full.
     """
     view = pd.DataFrame(
         {
             "experiment": summary["experiment"],
             "stage": summary["stage"],
             "split": summary["split"],
+            "seed": summary["seed"] if "seed" in summary.columns else "",
             "images": summary["n_images"],
             "threshold": summary["threshold"],
-            "mIoU": summary["miou"],
+            "mIoU": _miou_cell(summary),
             "fg mIoU": summary["fg_miou"],
             GT_BEST: _best(summary),
             "paper mIoU": summary["paper_miou"],
             "weak/full": summary["weak_full_ratio"],
         }
     )
-    optional = ["paper mIoU", "weak/full"]
+    optional = ["seed", "paper mIoU", "weak/full"]
     return view.drop(columns=[c for c in optional if (view[c] == "").all()])
 
 
 def pivot_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Experiments x the weak experiments' stages (mIoU, string cells); a fully supervised row's
-    stages sit under their weak counterparts; score-map stages add the GT-chosen best."""
+    """Experiments x the weak experiments' stages (mIoU, string cells; "mean ± std" over seeds);
+    a fully supervised row's stages sit under their weak counterparts; score-map stages add the
+    GT-chosen best."""
+    summary = headline(summary)
     full_to_weak = {full: weak for weak, full in _weak_to_full().items()}
     best = _best(summary)
-    cell = summary["miou"].where(best == "", summary["miou"] + f" ({GT_BEST} " + best + ")")
+    miou = _miou_cell(summary)
+    cell = miou.where(best == "", miou + f" ({GT_BEST} " + best + ")")
     frame = summary.assign(column=summary["stage"].replace(full_to_weak), cell=cell)
     pivot = frame.pivot(index="experiment", columns="column", values="cell")
-    columns = [s.name for s in scored_stages("weak") if s.name in pivot.columns]
+    columns = [name for name in stage_order() if name in pivot.columns]
     return pivot.reindex(columns=columns).fillna("").reset_index().rename_axis(columns=None)
 
 
 def commits_line(summary: pd.DataFrame) -> str:
-    """Which commit each experiment's numbers came from, as one line."""
+    """Which commit each experiment's numbers came from (per seed: not the mean rows), as one
+    line."""
+    if "seed" in summary.columns:
+        summary = summary[summary["seed"] != MEAN_SEED]
     groups = summary.groupby("commit", sort=True)["experiment"].unique()
     parts = [f"{commit} ({', '.join(sorted(names))})" for commit, names in groups.items()]
     return "commit: " + "; ".join(parts)
@@ -249,7 +371,7 @@ def fixed_width(frame: pd.DataFrame, text_columns: int = 3) -> str:
 def render_text(summary: pd.DataFrame) -> str:
     """The fixed-width table `pcam show-summary` prints (and `make demo` at its end)."""
     table = fixed_width(display_frame(summary))
-    return f"{table}\n\n{commits_line(summary)}\n{DISPLAY_NOTES}"
+    return f"{table}\n\n{commits_line(summary)}\n{display_notes(summary)}"
 
 
 def summarize(

@@ -111,3 +111,35 @@ def test_train_classifier_end_to_end(spec, tmp_path):
     logits, cams = model(torch.zeros(1, 3, 64, 64))
     assert logits.shape == (1, spec.num_classes - 1) and cams.shape[2:] == (4, 4)
     assert job.out_curve.read_text().strip()
+
+
+def _imported(tmp_path: Path, num_classes: int) -> Path:
+    """A pcam model file as `pcam import-checkpoint` writes it, from an official-layout state."""
+    from pcam.models.official import import_checkpoint, pcam_to_official
+
+    torch.manual_seed(3)
+    model = Classifier.from_settings(_settings(), num_classes)
+    official = tmp_path / "official.pth"
+    torch.save(pcam_to_official("classifier", model.state_dict()), official)
+    out = tmp_path / "imported.pt"
+    import_checkpoint(official, "classifier", "resnet18", out)
+    return out
+
+
+def test_from_checkpoint_adopts_the_imported_model_instead_of_training(tmp_path, spec):
+    imported = _imported(tmp_path, spec.num_classes - 1)
+    job = _job(tmp_path / "run")
+    # one image per batch would fail training (fewer images than a batch): nothing trains here
+    settings = _settings(from_checkpoint=str(imported), batch_size=1000)
+    train_classifier(spec, settings, compute=COMPUTE, job=job)
+    assert job.out_model.read_bytes() == imported.read_bytes()
+    assert job.out_curve.read_text() == "step\n"
+    assert not job.state_dir.exists()
+
+
+def test_from_checkpoint_refuses_a_model_of_another_class_count(tmp_path, spec):
+    imported = _imported(tmp_path, spec.num_classes + 1)
+    job = _job(tmp_path / "run")
+    with pytest.raises(DataError, match=r"imported\.pt predicts .* classes"):
+        train_classifier(spec, _settings(from_checkpoint=str(imported)), compute=COMPUTE, job=job)
+    assert not job.out_model.exists()

@@ -16,6 +16,9 @@ from pcam.cli import main
 from pcam.config import (
     load_config,
     load_schema,
+    parse_run,
+    run_seed,
+    runs,
     stage_settings,
     validate_compute,
     validate_config,
@@ -296,3 +299,57 @@ def test_installed_wheel_ships_the_schema(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(site / "pcam" / "schemas"))
+
+
+def _with_seeds(base: dict, seeds: list[int] | None) -> dict:
+    cfg = copy.deepcopy(base)
+    if seeds is not None:
+        cfg["experiments"]["puzzle"]["seeds"] = seeds
+    return validate_config(cfg)
+
+
+def test_one_seed_or_none_keeps_the_runs_and_zero_keeps_every_setting(base):
+    plain, zero = _with_seeds(base, None), _with_seeds(base, [0])
+    assert runs(plain) == runs(zero) == ["puzzle", "baseline", "full"]
+    for section in ("classifier", "cams", "affinitynet", "rw", "deeplab", "deeplab_inference"):
+        assert stage_settings(zero, "puzzle", section) == stage_settings(plain, "puzzle", section)
+    three = _with_seeds(base, [3])
+    assert runs(three) == runs(plain) and run_seed(three, "puzzle") == 3
+    assert stage_settings(three, "puzzle", "deeplab")["seed"] == base["deeplab"]["seed"] + 3
+
+
+def test_several_seeds_are_one_run_each_with_every_stage_seed_offset(base):
+    cfg = copy.deepcopy(base)
+    cfg["classifier"]["seed"] = 10  # an offset: the section's own seed is kept under it
+    cfg = _with_seeds(cfg, [0, 2])
+    assert runs(cfg) == ["puzzle/seed-0", "puzzle/seed-2", "baseline", "full"]
+    assert runs(cfg, "weak") == ["puzzle/seed-0", "puzzle/seed-2", "baseline"]
+    assert parse_run("puzzle/seed-2") == ("puzzle", 2) and parse_run("full") == ("full", None)
+    seeds = {s: stage_settings(cfg, "puzzle/seed-2", s)["seed"] for s in
+             ("classifier", "affinitynet", "deeplab")}  # fmt: skip
+    assert seeds == {"classifier": 12, "affinitynet": 2, "deeplab": 2}
+    assert "seed" not in stage_settings(cfg, "puzzle/seed-2", "cams")
+    with pytest.raises(ConfigError, match="not an experiment run"):
+        parse_run("puzzle/seed-x")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"seeds": []}, "experiments.puzzle.seeds"),
+        ({"seeds": [1, 1]}, "experiments.puzzle.seeds: .* non-unique"),
+        ({"seeds": [-1]}, "experiments.puzzle.seeds.0"),
+    ],
+)
+def test_bad_seeds_are_refused_naming_the_key(base, change, match):
+    cfg = copy.deepcopy(base)
+    cfg["experiments"]["puzzle"].update(change)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_an_experiment_may_not_be_named_like_a_seed_folder(base):
+    cfg = copy.deepcopy(base)
+    cfg["experiments"]["seed-1"] = {"supervision": "weak"}
+    with pytest.raises(ConfigError, match="experiments: 'seed-1' does not match"):
+        validate_config(cfg)

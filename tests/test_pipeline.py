@@ -20,7 +20,9 @@ def test_weak_and_full_rows_in_pipeline_order():
     full = [s.name for s in pipeline.scored_stages("full")]
     assert weak == ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
     assert full == ["deeplab_full", "deeplab_full_crf"]
-    assert pipeline.stage_order() == weak + full
+    segformer = ["segformer", "segformer_crf"]
+    full_segformer = ["segformer_full", "segformer_full_crf"]
+    assert pipeline.stage_order() == weak + segformer + full + full_segformer
     assert pipeline.train_stage_names() == {"cam", "rw", "rw_crf"}
 
 
@@ -28,6 +30,12 @@ def test_another_segmentation_network_adds_rows_under_its_own_prefix():
     names = [s.name for s in pipeline.scored_stages("weak", prefix="segformer")]
     assert names[-2:] == ["segformer", "segformer_crf"]
     assert all(not s.on_train for s in pipeline.segmentation_stages("full", "segformer"))
+
+
+def test_every_network_of_the_schema_has_a_prefix_the_paper_s_first():
+    networks = load_schema()["$defs"]["deeplab"]["properties"]["network"]["enum"]
+    assert pipeline.segmentation_prefixes() == ["deeplab", "segformer"]
+    assert len(pipeline.segmentation_prefixes()) == len(networks)
 
 
 def test_score_map_stages_name_their_threshold_key():

@@ -15,10 +15,10 @@ import pandas as pd
 from pcam.io import write_text
 from pcam.report import figures
 from pcam.report.html import file_img_tag, page, table
-from pcam.summary import DISPLAY_NOTES, commits_line, display_frame, read_summary_csv
+from pcam.summary import commits_line, display_frame, display_notes, read_summary_csv
 
 # The landing page's column is narrow (about 500 px): its table keeps the main numbers only.
-COMPACT_COLUMNS = ["experiment", "stage", "mIoU", "fg mIoU", "paper mIoU", "weak/full"]
+COMPACT_COLUMNS = ["experiment", "stage", "seed", "mIoU", "fg mIoU", "paper mIoU", "weak/full"]
 
 
 def compact_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def summary_page(summary: pd.DataFrame, chart_png: bytes) -> str:
         f"<p><code>{html.escape(commits_line(summary))}</code> "
         "(each experiment's <code>results/{experiment}/provenance.json</code>)</p>\n"
         f"{table(display_frame(summary), text_columns=3)}\n"
-        f'<p class="note">{html.escape(DISPLAY_NOTES)}</p>\n'
+        f'<p class="note">{html.escape(display_notes(summary))}</p>\n'
         "<h2>CAM, +RW, +dCRF (paper Table 2)</h2>\n"
         f"{file_img_tag(chart_png, 'Table-2-style chart')}\n"
     )

@@ -9,14 +9,17 @@ loss closure with the alpha schedule, and hands them to the one training loop
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pcam.curves import curve_csv
 from pcam.data.labelled import ClassificationDataset
 from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError, DataError
+from pcam.io import write_text
 from pcam.losses import alpha_at, puzzle_loss
 from pcam.models.classifier import Classifier, PuzzleClassifier
 from pcam.puzzle import pieces_per_side
@@ -78,8 +81,15 @@ def _unwrap(model: nn.Module) -> Classifier:
 def train_classifier(
     spec: DatasetSpec, settings: dict[str, Any], *, compute: dict[str, Any], job: TrainingJob
 ) -> None:
-    """Train on `spec.train_split`; write `job.out_model` (a plain Classifier) and the curve."""
+    """Train on `spec.train_split`; write `job.out_model` (a plain Classifier) and the curve.
+
+    With `settings["from_checkpoint"]` (a model file from `pcam import-checkpoint`), adopt that
+    model instead of training (`adopt_imported`) and write a curve without rows.
+    """
     num_classes = spec.num_classes - 1
+    if settings["from_checkpoint"]:
+        _adopt(Path(settings["from_checkpoint"]), settings, num_classes, job)
+        return
     ids = read_split(spec, spec.train_split)
     if len(ids) < settings["batch_size"]:
         raise DataError(
@@ -98,3 +108,19 @@ def train_classifier(
         model=model, loss_fn=make_loss_fn(settings), dataset=dataset, num_classes=num_classes,
         sync_bn=settings["norm"] == "bn", export=_unwrap,
     )  # fmt: skip
+
+
+def _adopt(path: Path, settings: dict[str, Any], num_classes: int, job: TrainingJob) -> None:
+    """`classifier.from_checkpoint`: the imported model becomes the stage's model, unchanged."""
+    from pcam.models import load_model
+    from pcam.models.official import adopt_imported
+
+    found = load_model(path, kind="classifier").num_outputs
+    if found != num_classes:
+        raise DataError(
+            f"classifier.from_checkpoint: {path} predicts {found} classes, the dataset has "
+            f"{num_classes} foreground classes"
+        )
+    adopt_imported(path, "classifier", settings, job.out_model)
+    write_text(job.out_curve, curve_csv([]))
+    log.info("classifier: adopted %s (classifier.from_checkpoint), no training", path)

@@ -7,6 +7,7 @@ rule train_classifier:
         checked=checked_first(
             *[manifest(DATA["train_split"], kind) for kind in ("images", "labels")]
         ),
+        imported=classifier_import,
     output:
         model=f"{RESULTS}/{{experiment}}/classifier/model.pt",
         curve=report(

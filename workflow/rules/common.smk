@@ -8,11 +8,11 @@ import json
 import shlex
 from pathlib import Path
 
-from pcam.config import experiments, stage_settings, validate_config
+from pcam.config import run_supervision, runs, stage_settings, validate_config
 from pcam.data import manifest as data_manifest
 from pcam.data.voc import DatasetSpec
 from pcam.fingerprint import code_fingerprint, result_compute
-from pcam.pipeline import SUPERVISIONS, scored_stages, segmentation_stages
+from pcam.pipeline import all_scored_stages, scored_stages, segmentation_prefix
 from pcam.summary import paper_values
 
 validate_config(config, "config")
@@ -27,14 +27,17 @@ CRF_THREADS = config["compute"]["crf_threads"]
 TORCH_THREADS = config["compute"]["torch_threads"]
 GPUS = config["compute"]["gpus_per_job"]
 EVAL = config["evaluation"]
-RUN = experiments(config)
-WEAK = experiments(config, "weak")
+# Runs: an experiment's name, or NAME/seed-K per seed of one listing several `seeds`. The
+# `experiment` wildcard is a run's folder (results/{experiment}/...), so every rule serves both.
+RUN = runs(config)
+WEAK = runs(config, "weak")
 LOGS = "logs"
-SCORED = {s.name: s for sup in SUPERVISIONS for s in scored_stages(sup)}
+SCORED = {s.name: s for s in all_scored_stages()}
 
 
 wildcard_constraints:
-    experiment="[A-Za-z0-9][A-Za-z0-9_-]*",
+    # a name, optionally /seed-K: nothing else with a slash, so no stage path matches it
+    experiment="[A-Za-z0-9][A-Za-z0-9_-]*(?:/seed-[0-9]+)?",
     split="[A-Za-z0-9_-]+",
     shard=r"\d+",
     kind="|".join(data_manifest.KINDS),
@@ -160,8 +163,15 @@ def affinitynet_init(w):
     return []
 
 
-def is_full(experiment):
-    return config["experiments"][experiment]["supervision"] == "full"
+def classifier_import(w):
+    """`classifier.from_checkpoint`: the imported model train_classifier adopts, an input so
+    that a changed file re-runs it and its descendants; none when the classifier is trained.
+    """
+    return stage_settings(config, w.experiment, "classifier")["from_checkpoint"] or []
+
+
+def is_full(run):
+    return run_supervision(config, run) == "full"
 
 
 def required_masks(w):
@@ -229,17 +239,18 @@ def eval_args(name=None):
     return args
 
 
-SEGMENTATION_STAGES = "|".join(
-    s.name for sup in SUPERVISIONS for s in segmentation_stages(sup)
-)
+# eval_deeplab's stages: every segmentation network's rows (the val-scored ones, pcam.pipeline).
+SEGMENTATION_STAGES = "|".join(s.name for s in all_scored_stages() if not s.on_train)
 
 
 def eval_csvs(experiment):
-    """Evaluation CSVs of one experiment, named after the summary's stages (pcam.pipeline)."""
-    supervision = config["experiments"][experiment]["supervision"]
+    """Evaluation CSVs of one experiment, named after the summary's stages (pcam.pipeline):
+    its segmentation rows carry its network's prefix (`deeplab*` for DeepLabV3+)."""
+    supervision = run_supervision(config, experiment)
+    prefix = segmentation_prefix(stage_settings(config, experiment, "deeplab"))
     return [
         f"{RESULTS}/{experiment}/eval/{stage.name}.csv"
-        for stage in scored_stages(supervision)
+        for stage in scored_stages(supervision, prefix)
     ]
 
 

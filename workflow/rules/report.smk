@@ -133,9 +133,7 @@ rule curves_figure:
     input:
         curves=lambda w: [
             f"{RESULTS}/{w.experiment}/{section}/curve.csv"
-            for section in trained_sections(
-                config["experiments"][w.experiment]["supervision"]
-            )
+            for section in trained_sections(run_supervision(config, w.experiment))
         ],
     output:
         report(
