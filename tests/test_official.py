@@ -50,9 +50,11 @@ def test_every_official_key_is_placed_and_nothing_is_left_over(path):
 
 def _randomised(kind: str, backbone: str, num_classes: int) -> tuple[torch.nn.Module, dict]:
     settings = {
-        "classifier": {"backbone": backbone, "output_stride": 16, "norm": "bn"},
-        "affinitynet": {"backbone": backbone},
-        "deeplab": {"backbone": backbone, "output_stride": 16, "norm": "frozen",
+        "classifier": {"backbone": backbone, "pretrained": False, "output_stride": 16,
+                       "norm": "bn"},
+        "affinitynet": {"backbone": backbone, "pretrained": False},
+        "deeplab": {"backbone": backbone, "pretrained": False, "output_stride": 16,
+                    "norm": "frozen", "network": "deeplabv3plus",
                     "head_channels": 256, "aspp_rates": [6, 12, 18]},
     }[kind]  # fmt: skip
     torch.manual_seed(0)
