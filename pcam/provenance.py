@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pcam.errors import DataError
+from pcam.fingerprint import EXECUTION_COMPUTE_KEYS
 from pcam.io import write_text
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,21 @@ def read_run_records(experiment_dir: Path) -> list[dict[str, Any]]:
 
 
 def resolved_settings(cfg: Mapping[str, Any], experiment: str) -> dict[str, Any]:
-    """An experiment's supervision, dataset, compute and evaluation settings, and the merged
-    settings of every stage section it runs (what `provenance.json` records). `experiment`:
-    its name or one seed's run of it (`NAME/seed-K`, `pcam.config.runs`)."""
+    """An experiment's supervision, dataset, compute and evaluation settings (those that change
+    results) and the merged settings of every stage section it runs (what `provenance.json`
+    records). `experiment`: its name or one seed's run of it (`NAME/seed-K`, `pcam.config.runs`)."""
     from pcam.config import run_supervision, stage_settings
     from pcam.pipeline import stage_sections
 
     supervision = run_supervision(dict(cfg), experiment)
-    resolved = {"supervision": supervision}
-    resolved.update({key: cfg[key] for key in ("dataset", "compute", "evaluation")})
+    resolved = {
+        "supervision": supervision,
+        "dataset": cfg["dataset"],
+        # what the numbers depend on: execution-only keys (processes, threads, shards) are left
+        # out, so changing them re-runs nothing, provenance included
+        "compute": {k: v for k, v in cfg["compute"].items() if k not in EXECUTION_COMPUTE_KEYS},
+        "evaluation": {k: v for k, v in cfg["evaluation"].items() if k != "workers"},
+    }
     for section in stage_sections(supervision):
         resolved[section] = stage_settings(dict(cfg), experiment, section)
     return resolved

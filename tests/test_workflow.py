@@ -122,7 +122,11 @@ def _job(rule: str, **wildcards) -> tuple:
     return (rule, tuple(sorted(wildcards.items())))
 
 
-REPORTING = {_job("summary"), _job("all")}
+# What any change of an evaluation re-runs beside it: each experiment's provenance (it records
+# the evaluation settings and the jobs), the summary and its page.
+REPORTING = {_job("summary"), _job("summary_page"), _job("all")} | {
+    _job("provenance", experiment=e) for e in EVERY
+}
 
 
 @pytest.mark.parametrize(
@@ -145,9 +149,10 @@ def test_gpus_per_job_is_the_one_gpu_setting_of_both_profiles(done):
     two = _override(done, "gpus", "compute:\n  gpus_per_job: 2\n")
     torch = {"train_classifier", "make_cams", "train_affinitynet", "make_rw", "train_deeplab",
              "infer_deeplab"}  # fmt: skip
+    every = len(done.planned("--forceall"))
     for profile in ("workstation", "slurm"):
         jobs = done.planned("--forceall", configfiles=(two,), profile=profile)
-        assert len(jobs) == 62
+        assert len(jobs) == every
         for job in jobs:
             if job.rule != "all":
                 assert job.resources["gpu"] == ("2" if job.rule in torch else "0"), (profile, job)
@@ -254,9 +259,9 @@ def test_a_rewritten_val_mask_reruns_its_check_and_the_evaluations_that_read_it(
     dl_stages = {"puzzle": ("deeplab", "deeplab_crf"), "baseline": ("deeplab", "deeplab_crf"),
                  "full": ("deeplab_full", "deeplab_full_crf")}  # fmt: skip
     assert jobs == REPORTING | {_job("check_data", kind="labels", split="val")} | {
-        _job("per_class_figure", experiment=e) for e in EVERY
+        _job(r, experiment=e) for e in EVERY for r in ("per_class_figure", "val_gallery_figure")
     } | {_job("eval_deeplab", dl_stage=s, experiment=e) for e, ss in dl_stages.items() for s in ss}
-    assert len(jobs) == 12
+    assert len(jobs) == 19
     assert done.planned() == []  # put back: nothing to do again
 
 
