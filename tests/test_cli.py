@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from pcam.cli import build_parser
 
@@ -64,3 +70,32 @@ def _dump(table: dict[str, list[dict]]) -> str:
 
 if __name__ == "__main__":
     print(_dump(option_table(build_parser())))
+
+
+def _documented_calls(text: str) -> list[str]:
+    """The `pcam ...` lines of a Markdown text's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.split("#")[0] for line in lines if line.strip().startswith("pcam ")]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/design.md", "docs/evaluation.md"])
+def test_documented_command_lines_parse(doc):
+    calls = _documented_calls((Path(__file__).parents[1] / doc).read_text())
+    parser = build_parser()
+    for call in calls:
+        try:
+            parser.parse_args(shlex.split(call)[1:])
+        except SystemExit:
+            pytest.fail(f"{doc}: `{call.strip()}` does not parse")
+    assert calls or doc != "README.md"
+
+
+def test_building_the_parser_imports_no_torch():
+    # CPU-only commands (CRF, evaluation, data checks) must not pay for importing torch.
+    code = (
+        "import sys; from pcam.cli import build_parser; build_parser(); "
+        "import pcam.stages.affinity_labels, pcam.stages.pseudo_labels, pcam.evaluate; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
