@@ -204,11 +204,6 @@ ROOT_OR_DATASET = (
     json_opt("--dataset", help="dataset settings (JSON) instead of --root"),
 )
 CRF_WORKERS = opt("--workers", type=int, default=1, help="CRF processes")
-# What a CRF label stage (affinity labels, pseudo-labels) takes besides its input folders.
-CRF_SHARD = dict(
-    split=_arg("split"), shard=_arg("shard"), num_shards=_arg("num_shards"),
-    out_dir=_path("out"), workers=_arg("workers"),
-)  # fmt: skip
 
 
 def _model(what: str) -> Option:
@@ -219,6 +214,20 @@ def _model(what: str) -> Option:
 def _dirs(flag: str, what: str, required: bool = True) -> Option:
     """An option naming one or more shard directories."""
     return opt(flag, nargs="+", required=required, help=what)
+
+
+def _crf_labels(stage: str, inputs: str, option: str, what: str, help_: str) -> Command:
+    """A CRF label stage (`pcam.stages.{stage}.make_{stage}`): score-map shard directories
+    (--{option}, the function's `inputs` argument) in, one shard of label PNGs out."""
+    return Command(
+        _stage(
+            f"pcam.stages.{stage}:make_{stage}", stage, **{inputs: _paths(option)},
+            split=_arg("split"), shard=_arg("shard"), num_shards=_arg("num_shards"),
+            out_dir=_path("out"), workers=_arg("workers"),
+        ),
+        help_,
+        (*STAGE, _dirs(f"--{option}", what), CRF_WORKERS, *SHARD),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the table
@@ -294,11 +303,9 @@ COMMANDS: dict[str, Command] = {
         "dump multi-scale CAMs for one shard of a split",
         (*STAGE, *COMPUTE, _model("trained classifier"), *SHARD),
     ),
-    "make-affinity-labels": Command(
-        _stage("pcam.stages.affinity_labels:make_affinity_labels", "affinity_labels",
-               cam_dirs=_paths("cams"), **CRF_SHARD),
+    "make-affinity-labels": _crf_labels(
+        "affinity_labels", "cam_dirs", "cams", "CAM shard directories",
         "affinity labels from CAMs + dCRF",
-        (*STAGE, _dirs("--cams", "CAM shard directories"), CRF_WORKERS, *SHARD),
     ),
     "train-affinitynet": Command(
         _stage("pcam.stages.affinitynet:train_affinitynet", "affinitynet", compute=_compute,
@@ -315,11 +322,9 @@ COMMANDS: dict[str, Command] = {
         (*STAGE, *COMPUTE, _model("trained AffinityNet"),
          _dirs("--cams", "CAM shard directories"), *SHARD),
     ),
-    "make-pseudo-labels": Command(
-        _stage("pcam.stages.pseudo_labels:make_pseudo_labels", "pseudo_labels",
-               rw_dirs=_paths("rw"), **CRF_SHARD),
+    "make-pseudo-labels": _crf_labels(
+        "pseudo_labels", "rw_dirs", "rw", "random-walk shard directories",
         "pseudo-labels from RW maps + dCRF",
-        (*STAGE, _dirs("--rw", "random-walk shard directories"), CRF_WORKERS, *SHARD),
     ),
     "train-deeplab": Command(
         _stage("pcam.stages.deeplab:train_deeplab", "deeplab", compute=_compute,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import re
 import shlex
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pcam import cli
 from pcam.cli import build_parser
+from tests.stage_settings import cpu_compute, section
 
 # Written from the parser of commit d979830 (before the table-driven rewrite). Regenerate only for
 # a deliberate change of the contract: python -m tests.test_cli > tests/fixtures/cli_options.json
@@ -99,3 +103,67 @@ def test_building_the_parser_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Stage command -> (its function, its settings section, its own options beyond --dataset and
+# --settings, the arguments the function must receive besides the dataset and the settings).
+def _stage_calls(tmp: Path) -> dict[str, tuple[str, str, list[str], dict]]:
+    out, model, dirs = str(tmp / "out"), str(tmp / "model.pt"), [str(tmp / "a"), str(tmp / "b")]
+    shard = ["--split", "val", "--shard", "1", "--num-shards", "2", "--out", out]
+    crf = {"split": "val", "shard": 1, "num_shards": 2, "out_dir": Path(out), "workers": 3}
+    training = ["--out-model", out, "--out-curve", str(tmp / "c.csv"), "--state-dir", "s"]
+    return {
+        "train-classifier": ("classifier:train_classifier", "classifier", training, {}),
+        "make-cams": ("cams:make_cams", "cams", ["--model", model, *shard], {"out_dir": Path(out)}),
+        "make-affinity-labels": (
+            "affinity_labels:make_affinity_labels", "affinity_labels",
+            ["--cams", *dirs, "--workers", "3", *shard],
+            {"cam_dirs": [Path(d) for d in dirs], **crf},
+        ),
+        "train-affinitynet": (
+            "affinitynet:train_affinitynet", "affinitynet",
+            ["--labels", *dirs, "--init-from", model, *training],
+            {"label_dirs": [Path(d) for d in dirs], "init_model": Path(model)},
+        ),
+        "make-rw": (
+            "rw:make_rw", "rw", ["--model", model, "--cams", *dirs, *shard],
+            {"cam_dirs": [Path(d) for d in dirs], "out_dir": Path(out)},
+        ),
+        "make-pseudo-labels": (
+            "pseudo_labels:make_pseudo_labels", "pseudo_labels",
+            ["--rw", *dirs, "--workers", "3", *shard], {"rw_dirs": [Path(d) for d in dirs], **crf},
+        ),
+        "train-deeplab": ("deeplab:train_deeplab", "deeplab", training, {"label_dirs": None}),
+        "infer-deeplab": (
+            "segmentation:infer_deeplab", "deeplab_inference",
+            ["--model", model, "--workers", "3", "--server-format", *shard],
+            {"out_dir": Path(out), "out_crf_dir": None, "workers": 3, "server_format": True},
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(_stage_calls(Path("."))))
+def test_stage_commands_call_their_stage_with_the_parsed_arguments(command, tmp_path, monkeypatch):
+    target, stage, options, expected = _stage_calls(tmp_path)[command]
+    model = tmp_path / "model.pt"
+    module, _, name = target.partition(":")
+    module = importlib.import_module(f"pcam.stages.{module}")
+    signature, calls = inspect.signature(getattr(module, name)), []
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(signature.bind(*a, **k)))
+    settings = section(stage)
+    argv = [command, "--dataset", json.dumps({"root": str(tmp_path)}), "--settings",
+            json.dumps(settings), *options]  # fmt: skip
+    if "compute" in signature.parameters or "run" in signature.parameters:
+        argv += ["--compute", json.dumps(cpu_compute())]
+    assert cli.main(argv) == 0
+    (bound,) = calls
+    spec, given = bound.arguments.pop("spec"), bound.arguments.pop("settings")
+    assert spec.root == tmp_path and given == settings
+    if "run" in bound.arguments:  # a per-image stage: the shard of the split, the model file
+        run = bound.arguments.pop("run")
+        assert (run.model, run.split, run.shard, run.num_shards) == (model, "val", 1, 2)
+    if "job" in bound.arguments:
+        job = bound.arguments.pop("job")
+        assert (job.out_model, job.state_dir) == (tmp_path / "out", Path("s"))
+    bound.arguments.pop("compute", None)
+    assert bound.arguments == expected
