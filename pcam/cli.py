@@ -14,12 +14,16 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcam import cli_results
 from pcam.cli_common import Command, Handler, Option, add_commands, dataset_spec, json_opt, opt
 from pcam.errors import PcamError
 from pcam.logs import setup_logging
+
+if TYPE_CHECKING:  # imported lazily where used: building the parser imports no torch
+    from pcam.inference import ShardRun
+    from pcam.train import TrainingJob
 
 log = logging.getLogger("pcam")
 
@@ -41,7 +45,7 @@ def _paths(dest: str) -> Input:
     return lambda a: [Path(p) for p in getattr(a, dest)] if getattr(a, dest) else None
 
 
-def _job(a: argparse.Namespace):
+def _job(a: argparse.Namespace) -> TrainingJob:
     """Where a training writes (--out-model, --out-curve, --state-dir, --state-inputs)."""
     from pcam.train import TrainingJob
 
@@ -56,7 +60,7 @@ def _compute(a: argparse.Namespace) -> dict:
     return validate_compute(a.compute)
 
 
-def _shard_run(a: argparse.Namespace):
+def _shard_run(a: argparse.Namespace) -> ShardRun:
     """A per-image inference job: --model, --split, --shard, --num-shards and --compute."""
     from pcam.inference import ShardRun
 

@@ -12,9 +12,12 @@ import argparse
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcam.errors import PcamError
+
+if TYPE_CHECKING:
+    from pcam.data.voc import DatasetSpec
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -66,7 +69,7 @@ def add_commands(sub: argparse._SubParsersAction, table: Mapping[str, Command]) 
             parser.add_argument(*option.flags, **option.kwargs)
 
 
-def dataset_spec(args: argparse.Namespace):
+def dataset_spec(args: argparse.Namespace) -> DatasetSpec:
     """The DatasetSpec from --dataset JSON, or from --root alone (dataset.json or VOC)."""
     from pcam.data.voc import DatasetSpec
 
