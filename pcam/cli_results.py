@@ -1,19 +1,18 @@
 """The `pcam` sub-commands of the results: summary, provenance, report pages, rendered docs.
 
-Registered on the main parser by `pcam.cli.build_parser`; like every handler, each imports its
-module lazily (none of these imports torch).
+`COMMANDS` holds one row per sub-command (`pcam.cli_common.Command`), added to the main parser by
+`pcam.cli.build_parser`; like every handler, each imports its module lazily (none of these imports
+torch).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from pcam.cli_common import Command, dataset_spec, json_opt, opt
 from pcam.errors import PcamError
-
-Add = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
 
 def _summarize(a: argparse.Namespace) -> int:
@@ -81,7 +80,6 @@ _GALLERY_STAGES = {
 
 
 def _gallery(a: argparse.Namespace) -> int:
-    from pcam.cli import _dataset
     from pcam.pipeline import scored_stages
     from pcam.report.gallery import Column, write_gallery
 
@@ -94,7 +92,9 @@ def _gallery(a: argparse.Namespace) -> int:
     if not columns:
         raise PcamError("figure gallery: give at least one of --cams --rw --pseudo --deeplab")
     title = a.title or f"{a.split}: {', '.join(c.title for c in columns)}"
-    write_gallery(_dataset(a), a.split, columns, min_rows=a.n_images, title=title, out=Path(a.out))
+    write_gallery(
+        dataset_spec(a), a.split, columns, min_rows=a.n_images, title=title, out=Path(a.out)
+    )
     return 0
 
 
@@ -111,76 +111,54 @@ def _figure(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(add: Add) -> None:
-    """Add the results sub-commands through `add(name, handler, help)` (see `build_parser`)."""
-    _add_summary_commands(add)
-    _add_report_commands(add)
-
-
-def _add_summary_commands(add: Add) -> None:
-    from pcam.cli import _json
-
-    p = add("summarize", _summarize, "collect evaluation CSVs into results/summary.csv")
-    p.add_argument(
-        "--evals",
-        nargs="+",
-        required=True,
-        help="evaluation CSVs named results/{experiment}/eval/{stage}.csv",
-    )
-    p.add_argument("--out", required=True, help="summary CSV")
-    p.add_argument(
-        "--splits",
-        type=_json,
-        default={"train": "train", "val": "val"},
-        help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}',
-    )
-    p.add_argument(
-        "--paper",
-        type=_json,
-        default={},
-        help="paper mIoU per experiment and stage (JSON), filled on VOC",
-    )
-    p.add_argument(
-        "--provenance", nargs="+", help="experiments' provenance.json (the commit column)"
-    )
-
-    p = add("show-summary", _show_summary, "print results/summary.csv as a readable table")
-    p.add_argument("summary", help="summary CSV (results/summary.csv)")
-
-
-def _add_report_commands(add: Add) -> None:
-    from pcam.cli import _json
-
-    p = add("summary-page", _summary_page, "the report's summary page and Table-2 chart")
-    p.add_argument("--summary", required=True, help="summary CSV (results/summary.csv)")
-    p.add_argument("--out", required=True, help="summary page (HTML) to write")
-    p.add_argument("--fragment", required=True, help="landing-page table (HTML) to write")
-    p.add_argument("--chart", required=True, help="Table-2-style chart (PNG) to write")
-
-    p = add("provenance", _provenance, "write an experiment's provenance.json")
-    p.add_argument("--experiment", required=True, help="experiment name")
-    p.add_argument("--dir", required=True, help="the experiment's results folder")
-    p.add_argument("--settings", type=_json, required=True, help="resolved settings (JSON)")
-    p.add_argument("--out", required=True, help="provenance JSON to write")
-
-    p = add("render-docs", _render_docs, "render docs/*.md.in from committed result snapshots")
-    p.add_argument("--docs", default="docs", help="documentation folder (templates, snapshots)")
-    p.add_argument("--snapshot", metavar="NAME", help="first copy --results into docs/results/NAME")
-    p.add_argument("--results", default="results", help="results folder of the run to snapshot")
-    p.add_argument("--check", action="store_true", help="only check: exit 1 if a doc is stale")
-
-    p = add("figure", _figure, "report figures: per-class IoU, training curves, galleries")
-    p.add_argument("kind", choices=["per-class", "curves", "gallery"])
-    p.add_argument("--out", required=True, help="PNG to write (gallery: an HTML page)")
-    p.add_argument("--evals", nargs="+", help="per-class: evaluation CSVs (one per stage)")
-    p.add_argument("--curves", nargs="+", help="curves: training-curve CSVs")
-    p.add_argument("--dataset", type=_json, help="gallery: dataset settings (JSON)")
-    p.add_argument("--split", help="gallery: split whose images (with masks) are shown")
-    p.add_argument(
-        "--n-images", type=int, default=6, help="gallery: at least this many rows (more when "
-        "needed to show every class)"
-    )  # fmt: skip
-    p.add_argument("--title", help="gallery: page title")
-    for option, stage in _GALLERY_STAGES.items():
-        flag = option.replace("_", "-")
-        p.add_argument(f"--{flag}", nargs="+", help=f"gallery: {stage} shard directories")
+COMMANDS: dict[str, Command] = {
+    "summarize": Command(_summarize, "collect evaluation CSVs into results/summary.csv", (
+        opt("--evals", nargs="+", required=True,
+            help="evaluation CSVs named results/{experiment}/eval/{stage}.csv"),
+        opt("--out", required=True, help="summary CSV"),
+        json_opt("--splits", default={"train": "train", "val": "val"},
+                 help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}'),
+        json_opt("--paper", default={},
+                 help="paper mIoU per experiment and stage (JSON), filled on VOC"),
+        opt("--provenance", nargs="+", help="experiments' provenance.json (the commit column)"),
+    )),
+    "show-summary": Command(_show_summary, "print results/summary.csv as a readable table", (
+        opt("summary", help="summary CSV (results/summary.csv)"),
+    )),
+    "summary-page": Command(_summary_page, "the report's summary page and Table-2 chart", (
+        opt("--summary", required=True, help="summary CSV (results/summary.csv)"),
+        opt("--out", required=True, help="summary page (HTML) to write"),
+        opt("--fragment", required=True, help="landing-page table (HTML) to write"),
+        opt("--chart", required=True, help="Table-2-style chart (PNG) to write"),
+    )),
+    "provenance": Command(_provenance, "write an experiment's provenance.json", (
+        opt("--experiment", required=True, help="experiment name"),
+        opt("--dir", required=True, help="the experiment's results folder"),
+        json_opt("--settings", required=True, help="resolved settings (JSON)"),
+        opt("--out", required=True, help="provenance JSON to write"),
+    )),
+    "render-docs": Command(
+        _render_docs, "render docs/*.md.in from committed result snapshots", (
+            opt("--docs", default="docs", help="documentation folder (templates, snapshots)"),
+            opt("--snapshot", metavar="NAME", help="first copy --results into docs/results/NAME"),
+            opt("--results", default="results", help="results folder of the run to snapshot"),
+            opt("--check", action="store_true", help="only check: exit 1 if a doc is stale"),
+        ),
+    ),
+    "figure": Command(_figure, "report figures: per-class IoU, training curves, galleries", (
+        opt("kind", choices=["per-class", "curves", "gallery"]),
+        opt("--out", required=True, help="PNG to write (gallery: an HTML page)"),
+        opt("--evals", nargs="+", help="per-class: evaluation CSVs (one per stage)"),
+        opt("--curves", nargs="+", help="curves: training-curve CSVs"),
+        json_opt("--dataset", help="gallery: dataset settings (JSON)"),
+        opt("--split", help="gallery: split whose images (with masks) are shown"),
+        opt("--n-images", type=int, default=6,
+            help="gallery: at least this many rows (more when needed to show every class)"),
+        opt("--title", help="gallery: page title"),
+        *(
+            opt(f"--{option.replace('_', '-')}", nargs="+",
+                help=f"gallery: {stage} shard directories")
+            for option, stage in _GALLERY_STAGES.items()
+        ),
+    )),
+}  # fmt: skip

@@ -1,5 +1,5 @@
 """Devices: the one place that picks a device (`compute.device`), the mixed-precision policy,
-the backend switches of training, the local GPU slot pool (issue 6) and torch.distributed set-up.
+the backend switches of training, the local GPU slot pool and torch.distributed set-up.
 
 GPU slot pool: Snakemake's `gpu` resource only caps how many GPU jobs run at once; it never says
 which GPU a job may use. `gpu_slots(n)` takes n per-GPU lock files with a non-blocking `flock`,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -69,6 +70,12 @@ def test_only_rank_zero_writes_a_record(tmp_path, monkeypatch):
     assert not path.exists()
 
 
+def _handle(monkeypatch, command: str, handler) -> None:
+    """Let `handler` run `pcam command` (its row of the command table) for this test."""
+    row = dataclasses.replace(cli.COMMANDS[command], handler=handler)
+    monkeypatch.setitem(cli.COMMANDS, command, row)
+
+
 def _stub(out_attr: str):
     def handler(a):
         Path(getattr(a, out_attr)).parent.mkdir(parents=True, exist_ok=True)
@@ -79,12 +86,12 @@ def _stub(out_attr: str):
 
 
 def test_the_pcam_command_leaves_a_record_for_compute_jobs_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_evaluate", _stub("out"))
+    _handle(monkeypatch, "evaluate", _stub("out"))
     scores = tmp_path / "e" / "eval" / "cam.csv"
     assert cli.main(["evaluate", "--root", "x", "--split", "train", "--pred", "p",
                      "--out", str(scores)]) == 0  # fmt: skip
     assert scores.exists() and not provenance.record_path(scores).exists()  # no --compute
-    monkeypatch.setattr(cli, "_train_deeplab", _stub("out_model"))
+    _handle(monkeypatch, "train-deeplab", _stub("out_model"))
     model = tmp_path / "e" / "deeplab" / "model.pt"
     assert cli.main(["train-deeplab", "--dataset", '{"root": "x"}', "--settings", "{}",
                      "--compute", json.dumps(COMPUTE), "--out-model", str(model),
@@ -97,7 +104,7 @@ def test_a_failed_job_leaves_no_record(tmp_path, monkeypatch):
     def fail(a):
         raise DataError("broken input")
 
-    monkeypatch.setattr(cli, "_train_deeplab", fail)
+    _handle(monkeypatch, "train-deeplab", fail)
     model = tmp_path / "model.pt"
     argv = ["train-deeplab", "--dataset", '{"root": "x"}', "--settings", "{}", "--compute",
             json.dumps(COMPUTE), "--out-model", str(model), "--out-curve", "c",

@@ -7,4 +7,5 @@
   the label stages on training images, DeepLab on the val images the summary scores.
 - `summary_page`: the summary as an HTML page, and the compact table the landing page shows.
 - `html`: the page shell, tables, embedded images and the class legend they share.
+- `browser`: headless Chromium (DOM and screenshots) for the report's layout checks.
 """

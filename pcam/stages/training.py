@@ -1,7 +1,7 @@
 """What the three training stages share: the state key of a training and the call of the loop.
 
-`train_network` keys the resumable state by everything the result depends on and nothing else
-(issue 11): the stage settings without the execution-only keys, the result-affecting compute
+`train_network` keys the resumable state by everything the result depends on and nothing else:
+the stage settings without the execution-only keys, the result-affecting compute
 keys, the code fingerprint of the stage (its module and every pcam module it imports), the
 dataset's identity, and the content of every input the training reads (the split list, label
 directories, an init model, and the job's `state_inputs`, e.g. the dataset manifest).
