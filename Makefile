@@ -1,6 +1,7 @@
 # pcam: the two commands of the README.
 #   make demo   install, generate the demo dataset, run the whole DAG on CPU, build the report
 #   make test   install, then the whole test suite (pytest, snakemake --lint, snakefmt, ruff)
+#   make demo-tools  the same DAG on the demo's second style into results-tools/ (config/demo-tools.yaml)
 #   make docs   after `make demo`: snapshot results/ into docs/results/demo, render docs/*.md.in
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ WORKSTATION := --profile workflow/profiles/workstation
 # Rules call `pcam`: the venv's bin comes first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo docs test lint clean
+.PHONY: install demo demo-tools docs test lint clean
 
 install: $(STAMP)
 
@@ -31,6 +32,14 @@ demo: $(STAMP)
 	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) --report results/report.html
 	@echo
 	@$(BIN)/pcam show-summary results/summary.csv
+
+# The demo's settings on the "tools" style (only demo.style, the data and output folders differ).
+TOOLS := --configfile config/demo-tools.yaml
+demo-tools: $(STAMP)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) $(TOOLS)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) $(TOOLS) --report results-tools/report.html
+	@echo
+	@$(BIN)/pcam show-summary results-tools/summary.csv
 
 # Not part of `demo`: it rewrites committed files (and would mark the next run's tree dirty).
 docs: $(STAMP)
@@ -47,4 +56,4 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 
 clean:
-	rm -rf results logs .snakemake data/demo
+	rm -rf results logs .snakemake data/demo results-tools logs-tools data/demo-tools

@@ -29,7 +29,7 @@ GPUS = config["compute"]["gpus_per_job"]
 EVAL = config["evaluation"]
 RUN = experiments(config)
 WEAK = experiments(config, "weak")
-LOGS = "logs"
+LOGS = config["logs_dir"]
 SCORED = {s.name: s for sup in SUPERVISIONS for s in scored_stages(sup)}
 
 
