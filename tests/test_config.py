@@ -147,7 +147,13 @@ def test_voc_config_restores_every_paper_value_the_demo_defaults_shrink():
     assert (classifier["backbone"], classifier["epochs"], classifier["crop_size"]) == (
         "resnest101e", 15, 512,
     )  # fmt: skip
-    assert stage_settings(cfg, "puzzle", "deeplab")["epochs"] == 50
+    assert (classifier["lr"], classifier["momentum"], classifier["batch_size"]) == (
+        0.1, "official", 32,
+    )  # fmt: skip
+    deeplab = stage_settings(cfg, "puzzle", "deeplab")
+    assert (deeplab["epochs"], deeplab["batch_size"], deeplab["resize_range"]) == (
+        50, 32, [256, 1024],
+    )  # fmt: skip
     assert stage_settings(cfg, "puzzle", "affinitynet")["radius"] == 10
     assert stage_settings(cfg, "puzzle", "affinitynet")["init_from_classifier"] is False
     assert stage_settings(cfg, "puzzle", "rw")["exp_times"] == 8
