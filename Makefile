@@ -2,7 +2,8 @@
 #   make demo   install, generate the demo dataset, run the whole DAG on CPU, build the report
 #   make test   install, then the whole test suite (pytest, snakemake --lint, snakefmt, ruff)
 #   make demo-tools  the same DAG on the demo's second style into results-tools/ (config/demo-tools.yaml)
-#   make docs   after `make demo`: snapshot results/ into docs/results/demo, render docs/*.md.in
+#   make docs   after `make demo`: snapshot results/ into docs/results/demo (and results-tools/ after
+#               `make demo-tools` into docs/results/demo-tools), render docs/*.md.in
 
 PYTHON ?= python3
 VENV := .venv
@@ -43,6 +44,7 @@ demo-tools: $(STAMP)
 
 # Not part of `demo`: it rewrites committed files (and would mark the next run's tree dirty).
 docs: $(STAMP)
+	test ! -d results-tools || $(BIN)/pcam render-docs --snapshot demo-tools --results results-tools
 	$(BIN)/pcam render-docs --snapshot demo --results results
 
 lint: $(STAMP)
