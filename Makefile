@@ -1,7 +1,9 @@
 # pcam: the two commands of the README.
 #   make demo   install, generate the demo dataset, run the whole DAG on CPU, build the report
 #   make test   install, then the whole test suite (pytest, snakemake --lint, snakefmt, ruff)
-#   make docs   after `make demo`: snapshot results/ into docs/results/demo, render docs/*.md.in
+#   make demo-tools  the same DAG on the demo's second style into results-tools/ (config/demo-tools.yaml)
+#   make docs   after `make demo`: snapshot results/ into docs/results/demo (and results-tools/ after
+#               `make demo-tools` into docs/results/demo-tools), render docs/*.md.in
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +18,7 @@ WORKSTATION := --profile workflow/profiles/workstation
 # Rules call `pcam`: the venv's bin comes first on PATH for every recipe.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo docs test lint clean
+.PHONY: install demo demo-tools docs test lint clean
 
 install: $(STAMP)
 
@@ -32,8 +34,17 @@ demo: $(STAMP)
 	@echo
 	@$(BIN)/pcam show-summary results/summary.csv
 
+# The demo's settings on the "tools" style (only demo.style, the data and output folders differ).
+TOOLS := --configfile config/demo-tools.yaml
+demo-tools: $(STAMP)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) $(TOOLS)
+	$(SNAKEMAKE) $(WORKSTATION) --cores $(CORES) $(TOOLS) --report results-tools/report.html
+	@echo
+	@$(BIN)/pcam show-summary results-tools/summary.csv
+
 # Not part of `demo`: it rewrites committed files (and would mark the next run's tree dirty).
 docs: $(STAMP)
+	test ! -d results-tools || $(BIN)/pcam render-docs --snapshot demo-tools --results results-tools
 	$(BIN)/pcam render-docs --snapshot demo --results results
 
 lint: $(STAMP)
@@ -47,4 +58,4 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 
 clean:
-	rm -rf results logs .snakemake data/demo
+	rm -rf results logs .snakemake data/demo results-tools logs-tools data/demo-tools

@@ -60,6 +60,13 @@ def key_paths(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, .
             yield from key_paths(value, (*prefix, key))
 
 
+def _at(cfg: dict, path: tuple[str, ...]):
+    """The value at a key path."""
+    for key in path:
+        cfg = cfg[key]
+    return cfg
+
+
 def _without(cfg: dict, path: tuple[str, ...]) -> dict:
     out = copy.deepcopy(cfg)
     parent = out
@@ -143,7 +150,13 @@ def test_voc_config_restores_every_paper_value_the_demo_defaults_shrink():
     assert (classifier["backbone"], classifier["epochs"], classifier["crop_size"]) == (
         "resnest101e", 15, 512,
     )  # fmt: skip
-    assert stage_settings(cfg, "puzzle", "deeplab")["epochs"] == 50
+    assert (classifier["lr"], classifier["momentum"], classifier["batch_size"]) == (
+        0.1, "official", 32,
+    )  # fmt: skip
+    deeplab = stage_settings(cfg, "puzzle", "deeplab")
+    assert (deeplab["epochs"], deeplab["batch_size"], deeplab["resize_range"]) == (
+        50, 32, [256, 1024],
+    )  # fmt: skip
     assert stage_settings(cfg, "puzzle", "affinitynet")["radius"] == 10
     assert stage_settings(cfg, "puzzle", "affinitynet")["init_from_classifier"] is False
     assert stage_settings(cfg, "puzzle", "rw")["exp_times"] == 8
@@ -214,10 +227,24 @@ def test_overrides_merge_into_sections_and_need_not_repeat_keys(base):
         validate_config(cfg)
 
 
-@pytest.mark.parametrize("overlay", [TINY, CONFIG.parent / "voc.yaml"], ids=lambda p: p.name)
+OVERLAYS = [TINY, CONFIG.parent / "voc.yaml", CONFIG.parent / "demo-tools.yaml"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlays_on_config_yaml_validate(overlay):
     cfg = load_config(CONFIG, yaml.safe_load(overlay.read_text()))
     assert cfg["compute"]["cam_shards"] >= 1
+
+
+def test_demo_tools_overlay_changes_only_the_style_and_where_things_go():
+    """The second demo dataset runs with the demo's settings (issue 9 C): the overlay may only
+    change the generator's style and the data, results and logs folders (none shared)."""
+    base = load_config(CONFIG)
+    cfg = load_config(CONFIG, yaml.safe_load((CONFIG.parent / "demo-tools.yaml").read_text()))
+    leaves = {p for p in key_paths(cfg) if not isinstance(_at(cfg, p), dict)}
+    changed = {p for p in leaves if _at(cfg, p) != _at(base, p)}
+    assert changed == {("results_dir",), ("logs_dir",), ("dataset", "root"), ("demo", "style")}
+    assert cfg["demo"]["style"] != base["demo"]["style"]
 
 
 def test_unknown_key_in_a_training_section_is_named_alone(base):

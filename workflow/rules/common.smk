@@ -31,7 +31,7 @@ EVAL = config["evaluation"]
 # `experiment` wildcard is a run's folder (results/{experiment}/...), so every rule serves both.
 RUN = runs(config)
 WEAK = runs(config, "weak")
-LOGS = "logs"
+LOGS = config["logs_dir"]
 SCORED = {s.name: s for s in all_scored_stages()}
 
 
