@@ -6,7 +6,6 @@ SIGKILL needs no manual step."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pcam.checkpoint import content_digest
 from pcam.data.manifest import KINDS
 from tests.snakemake_runner import Project, job_keys, make_project
 from tests.test_workflow_static import JOB_RULES
@@ -373,14 +373,6 @@ def test_training_killed_with_sigkill_resumes_with_no_manual_step(tmp_path):
     assert marker.parent.exists()
 
 
-# The state key over a training's inputs comes with pcam.checkpoint (branch train-loop).
-STATE_KEYED = importlib.util.find_spec("pcam.checkpoint") is not None
-
-
-@pytest.mark.skipif(
-    not STATE_KEYED,
-    reason="needs the training state keyed by its inputs (pcam.checkpoint, branch train-loop)",
-)
 def test_an_upstream_change_never_resumes_a_stale_checkpoint(tmp_path):
     """Kill DeepLab after a checkpoint, change a pseudo-label setting, re-run: the labels are
     remade and DeepLab starts from step 0 (it would otherwise mix old and new labels)."""
@@ -390,8 +382,13 @@ def test_an_upstream_change_never_resumes_a_stale_checkpoint(tmp_path):
     )
     target = "results/puzzle/deeplab/model.pt"
     _kill_after_a_checkpoint(project, target, "deeplab", (one,))
-    changed = _override(project, "threshold", "pseudo_labels:\n  threshold: 0.30\n")
+    labels = project.results_path("puzzle", "pseudo_labels")
+    before = content_digest(labels)
+    # A threshold far from the default, so that the labels surely change (a small step can leave
+    # every pixel's argmax as it was, and then resuming is right: the inputs are the same).
+    changed = _override(project, "threshold", "pseudo_labels:\n  threshold: 0.80\n")
     project.run("--cores", "2", target, configfiles=(one, changed))
+    assert content_digest(labels) != before, "the setting change did not change the labels"
     log = (project.work / "logs" / "puzzle" / "train_deeplab.log").read_text()
     assert "resuming" not in log, log[-2000:]
     history = (project.work / "logs" / "puzzle" / "train_deeplab.history.log").read_text()
