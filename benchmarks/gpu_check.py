@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from bench_demo import read_jobs, rule_patterns
 
 from pcam.data.demo.draw import DemoObject, DemoSample, hsv
 from pcam.data.demo.write import write_dataset
@@ -202,15 +203,14 @@ def stage_figures(work: Path) -> list[dict]:
     """One row per rule: jobs, job-seconds, images/s, peak GPU MiB, precisions, world sizes."""
     sizes = _split_sizes(work / "data")
     rows: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "images": 0})
-    for tsv in sorted((work / "logs" / "benchmarks").rglob("*.tsv")):
-        rule, *rest = tsv.stem.split("-")
-        with open(tsv, newline="") as fh:
-            seconds = float(next(csv.DictReader(fh, delimiter="\t"))["s"])
-        row = rows[rule]
+    patterns = rule_patterns(REPO / "workflow" / "rules")
+    for job in read_jobs(work / "logs" / "benchmarks", patterns):
+        row = rows[job.rule]
         row["jobs"] += 1
-        row["seconds"] += seconds
-        if len(rest) == 2 and rest[0] in sizes and rest[1].isdigit():  # {rule}-{split}-{shard}
-            row["images"] = sizes[rest[0]]
+        row["seconds"] += job.seconds
+        *_, split, shard = ["", *Path(job.path).stem.split("-")]
+        if split in sizes and shard.isdigit():  # a per-image shard: ...-{split}-{shard}
+            row["images"] = sizes[split]
     for rule, stage in (("train_classifier", "classifier"), ("train_affinitynet", "affinitynet"),
                         ("train_deeplab", "deeplab")):  # fmt: skip
         if rule in rows:

@@ -83,10 +83,12 @@ def _gallery(a: argparse.Namespace) -> int:
     from pcam.pipeline import scored_stages
     from pcam.report.gallery import Column, write_gallery
 
-    stages = {s.name: s for s in scored_stages("weak")}
+    prefix = a.segmentation_prefix
+    stages = {s.name: s for s in scored_stages("weak", prefix)}
+    named = {o: n.replace("deeplab", prefix, 1) for o, n in _GALLERY_STAGES.items()}
     columns = [
         Column(name, tuple(Path(d) for d in dirs), stages[name].score_key)
-        for option, name in _GALLERY_STAGES.items()
+        for option, name in named.items()
         if (dirs := getattr(a, option))
     ]
     if not columns:
@@ -155,6 +157,9 @@ COMMANDS: dict[str, Command] = {
         opt("--n-images", type=int, default=6,
             help="gallery: at least this many rows (more when needed to show every class)"),
         opt("--title", help="gallery: page title"),
+        opt("--segmentation-prefix", default="deeplab",
+            help="gallery: the segmentation network's row prefix (deeplab, segformer, ...): "
+                 "titles the --deeplab* columns as the summary names their rows"),
         *(
             opt(f"--{option.replace('_', '-')}", nargs="+",
                 help=f"gallery: {stage} shard directories")

@@ -18,7 +18,8 @@ from pcam import cli
 from pcam.cli import build_parser
 from tests.stage_settings import cpu_compute, section
 
-# Written from the parser of commit d979830 (before the table-driven rewrite). Regenerate only for
+# Written from the parser of commit d979830 (before the table-driven rewrite), since only extended
+# (figure gallery --segmentation-prefix). Regenerate only for
 # a deliberate change of the contract: python -m tests.test_cli > tests/fixtures/cli_options.json
 SNAPSHOT = Path(__file__).parent / "fixtures" / "cli_options.json"
 

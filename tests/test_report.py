@@ -170,6 +170,19 @@ def test_gallery_page_shows_every_class_with_a_legend_and_ids(predictions, tmp_p
     assert out.read_text() == _again(argv, out)  # deterministic
 
 
+@pytest.mark.parametrize("prefix", ["deeplab", "segformer"])
+def test_gallery_titles_segmentation_columns_as_the_summary_rows(predictions, tmp_path, prefix):
+    spec, shards, _ = predictions
+    out = tmp_path / "val.html"
+    argv = ["figure", "gallery", "--dataset", f'{{"root": "{spec.root}"}}', "--split", "train",
+            "--segmentation-prefix", prefix, "--deeplab", *map(str, shards),
+            "--deeplab-crf", *map(str, shards), "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    header = re.search(r"<thead>(.*)</thead>", out.read_text()).group(1)
+    columns = re.findall(r"<th[^>]*>([^<]+)</th>", header)[2:-1]
+    assert columns == [prefix, f"{prefix}_crf"]
+
+
 def _again(argv: list[str], out: Path) -> str:
     copy = out.with_name("again.html")
     assert cli.main([*argv[:-1], str(copy)]) == 0

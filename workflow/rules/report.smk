@@ -214,9 +214,13 @@ rule val_gallery_figure:
         dataset=DATASET_JSON,
         split=DATA["val_split"],
         n_images=6,
-        title=lambda w: f"{w.experiment}: DeepLab on the val images (as scored)",
+        prefix=lambda w: segmentation_prefix(
+            stage_settings(config, w.experiment, "deeplab")
+        ),
+        title=lambda w: f"{w.experiment}: segmentation on the val images (as scored)",
         code=code("pcam.report.gallery"),
     shell:
         "pcam --log-file {log:q} figure gallery --dataset {params.dataset:q}"
         " --split {params.split:q} --n-images {params.n_images} --title {params.title:q}"
+        " --segmentation-prefix {params.prefix:q}"
         " --deeplab {input.deeplab:q} --deeplab-crf {input.crf:q} --out {output:q}"
