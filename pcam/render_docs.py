@@ -8,7 +8,9 @@ into the file without `.in`; a template reads `results.{name}`:
 
 - `.table`: the summary table (Markdown), `.pivot`: experiments x stages (mIoU, Markdown),
 - `.rows.{experiment}.{stage}.{column}`: one cell of summary.csv (numbers as floats, "" as None),
-- `.run`: run.json, `.commit`: the commit line of the summary, `.wall`: the jobs' wall time.
+- `.run`: run.json (with `final_cls_loss.{experiment}`: the classifier's L_cls at the end of its
+  training, when the run trained one), `.commit`: the commit line of the summary, `.wall`: the
+  jobs' wall time.
 
 `--check` renders without writing and fails when a committed document differs from the rendering
 of the committed snapshots (its tests run it), so a document cannot drift from its results.
@@ -126,17 +128,34 @@ def run_summary(provenances: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def final_cls_loss(curve: Path, last: int = 3) -> float:
+    """The classifier's L_cls at the end of training: the mean `cls` of the curve's last `last`
+    rows (one row is one logged step, noisy), 4 decimals."""
+    try:
+        values = pd.read_csv(curve)["cls"].dropna().tolist()
+    except (OSError, KeyError, pd.errors.ParserError) as exc:
+        raise DataError(f"{curve}: no classifier curve with a cls column ({exc})") from exc
+    if not values:
+        raise DataError(f"{curve}: the classifier curve has no rows")
+    tail = values[-last:]
+    return round(sum(tail) / len(tail), 4)
+
+
 def take_snapshot(results: Path, docs: Path, name: str) -> Path:
-    """Copy `results/summary.csv` and the run's provenance facts into `docs/results/{name}`."""
+    """Copy `results/summary.csv` and the run's provenance facts into `docs/results/{name}`,
+    with each trained classifier's final L_cls (`final_cls_loss`, by experiment)."""
     summary = results / "summary.csv"
     if not summary.exists():
         raise DataError(f"{summary}: missing (run the workflow first)")
     experiments = sorted(set(read_summary_csv(summary)["experiment"]))
     provenances = [read_provenance(results / e / "provenance.json") for e in experiments]
+    facts = run_summary(provenances)
+    curves = {e: results / e / "classifier" / "curve.csv" for e in experiments}
+    facts["final_cls_loss"] = {e: final_cls_loss(c) for e, c in curves.items() if c.exists()}
     folder = docs / SNAPSHOTS / name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(summary, folder / "summary.csv")
-    record = json.dumps(run_summary(provenances), indent=2, sort_keys=True) + "\n"
+    record = json.dumps(facts, indent=2, sort_keys=True) + "\n"
     write_text(folder / "run.json", record)
     return folder
 

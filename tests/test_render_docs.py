@@ -49,6 +49,11 @@ def _run(tmp_path: Path) -> Path:
             "packages": {"torch": "2.14.1"},
         }
         (results / name / "provenance.json").write_text(json.dumps(provenance))
+        if name != "full":  # the weak experiments train a classifier: its curve
+            curve = results / name / "classifier" / "curve.csv"
+            curve.parent.mkdir(parents=True)
+            rows = [f"{step},{0.7 - step / 100 + k / 10:.4f},9.9" for step in (10, 20, 30, 40)]
+            curve.write_text("step,cls,images_per_s\n" + "\n".join(rows) + "\n")
     return results
 
 
@@ -84,6 +89,15 @@ def test_snapshot_copies_the_summary_and_states_the_run(docs, tmp_path):
     )
     assert run["peak_rss_mb"] == 1002.0 and run["experiments"] == ["baseline", "full", "puzzle"]
     assert "host" not in run
+    # mean of the last three rows' cls (steps 20-40): 0.7 - 0.3 + k/10 (puzzle k=0, baseline 1)
+    assert run["final_cls_loss"] == {"puzzle": 0.4, "baseline": 0.5}
+
+
+def test_final_cls_loss_names_a_curve_without_cls(tmp_path):
+    curve = tmp_path / "curve.csv"
+    curve.write_text("step,ce\n10,0.5\n")
+    with pytest.raises(DataError, match=r"curve\.csv: no classifier curve with a cls column"):
+        render_docs.final_cls_loss(curve)
 
 
 def test_rendering_fills_tables_and_values_from_the_snapshot(docs):
