@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_torch_follows_omp_num_threads():
     for n in ("1", "2"):
         env = {**os.environ, "OMP_NUM_THREADS": n}
         out = subprocess.run(
-            ["python", "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == n
 
