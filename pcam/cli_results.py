@@ -83,12 +83,14 @@ def _gallery(a: argparse.Namespace) -> int:
     from pcam.pipeline import scored_stages
     from pcam.report.gallery import Column, write_gallery
 
-    prefix = a.segmentation_prefix
-    stages = {s.name: s for s in scored_stages("weak", prefix)}
-    named = {o: n.replace("deeplab", prefix, 1) for o, n in _GALLERY_STAGES.items()}
+    # The paper's stage names (the options') -> the same stages under the network's row names.
+    stages = dict(
+        zip((s.name for s in scored_stages("weak")),
+            scored_stages("weak", a.segmentation_prefix), strict=True)
+    )  # fmt: skip
     columns = [
-        Column(name, tuple(Path(d) for d in dirs), stages[name].score_key)
-        for option, name in named.items()
+        Column(stages[name].name, tuple(Path(d) for d in dirs), stages[name].score_key)
+        for option, name in _GALLERY_STAGES.items()
         if (dirs := getattr(a, option))
     ]
     if not columns:
