@@ -92,6 +92,11 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
         for stage in SECTIONS:
             merged = stage_settings(cfg, name, stage)
             _validate(merged, _section_schema(stage), where, ("experiments", name, stage))
+        if cfg["experiments"][name]["supervision"] == "weak":
+            try:
+                backbone_run(cfg, name)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: experiments.{name}: {exc}") from None
     return cfg
 
 
@@ -185,11 +190,31 @@ def parse_run(run: str) -> tuple[str, int | None]:
 def runs(cfg: dict, supervision: str | None = None) -> list[str]:
     """The run folders of the experiments to run (`experiments`): one `NAME/seed-K` per seed
     of an experiment listing several `seeds`, else `NAME` (one seed or none: today's layout)."""
-    out: list[str] = []
-    for name in experiments(cfg, supervision):
-        seeds = cfg["experiments"][name].get("seeds", [])  # optional key: absent = no seeds
-        out += [run_folder(name, k) for k in seeds] if len(seeds) > 1 else [name]
-    return out
+    return [run for name in experiments(cfg, supervision) for run in experiment_runs(cfg, name)]
+
+
+def experiment_runs(cfg: dict, name: str) -> list[str]:
+    """The run folders of one experiment: `NAME/seed-K` per seed when it lists several, else
+    `NAME` (one seed or none: today's layout)."""
+    seeds = cfg["experiments"][name].get("seeds", [])  # optional key: absent = no seeds
+    return [run_folder(name, k) for k in seeds] if len(seeds) > 1 else [name]
+
+
+def backbone_run(cfg: dict, run: str) -> str | None:
+    """The run whose trained classifier AffinityNet's frozen backbone starts from
+    (`affinitynet.init_from_classifier`): `run` itself (true); the named experiment's first run
+    (a name: one backbone for every experiment and seed, as the ImageNet weights are in the
+    paper); None (false: ImageNet weights)."""
+    value = stage_settings(cfg, run, "affinitynet")["init_from_classifier"]
+    if isinstance(value, bool):
+        return run if value else None
+    other = cfg["experiments"].get(value)
+    if other is None or other["supervision"] != "weak":
+        raise ConfigError(
+            f"affinitynet.init_from_classifier: {value!r} is not a weakly supervised experiment"
+            " (only those train a classifier)"
+        )
+    return experiment_runs(cfg, value)[0]
 
 
 def run_seed(cfg: dict, run: str) -> int:

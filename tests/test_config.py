@@ -14,6 +14,7 @@ import yaml
 
 from pcam.cli import main
 from pcam.config import (
+    backbone_run,
     load_config,
     load_schema,
     parse_run,
@@ -379,4 +380,26 @@ def test_an_experiment_may_not_be_named_like_a_seed_folder(base):
     cfg = copy.deepcopy(base)
     cfg["experiments"]["seed-1"] = {"supervision": "weak"}
     with pytest.raises(ConfigError, match="experiments: 'seed-1' does not match"):
+        validate_config(cfg)
+
+
+def test_affinitynet_backbone_comes_from_the_named_experiment_for_every_run(base):
+    cfg = _with_seeds(copy.deepcopy(base), [0, 2])  # puzzle runs two seeds, baseline one
+    assert base["affinitynet"]["init_from_classifier"] == "baseline"
+    assert {backbone_run(cfg, run) for run in runs(cfg, "weak")} == {"baseline"}
+    cfg["experiments"]["baseline"]["seeds"] = [5, 6]  # the named experiment's first run
+    assert backbone_run(cfg, "puzzle/seed-2") == "baseline/seed-5"
+    cfg["affinitynet"]["init_from_classifier"] = True  # each run its own classifier
+    assert backbone_run(cfg, "puzzle/seed-2") == "puzzle/seed-2"
+    cfg["affinitynet"]["init_from_classifier"] = False  # ImageNet weights: no classifier
+    assert backbone_run(cfg, "puzzle/seed-2") is None
+
+
+@pytest.mark.parametrize("name", ["full", "nosuch"])
+def test_a_backbone_experiment_without_a_classifier_is_refused(base, name):
+    cfg = copy.deepcopy(base)
+    cfg["affinitynet"]["init_from_classifier"] = name
+    with pytest.raises(
+        ConfigError, match=f"experiments.puzzle: affinitynet.init_from_classifier: '{name}'"
+    ):
         validate_config(cfg)

@@ -80,7 +80,9 @@ def test_one_seed_plans_todays_jobs_and_two_plan_a_chain_each(tmp_path):
 
     today = plan()
     assert plan(one) == today
-    shared = {(rule, w) for rule, w in today if "experiment" not in dict(w)}
+    # AffinityNet's backbone is the baseline's classifier (config.yaml), for every seed
+    assert ("train_classifier", (("experiment", "baseline"),)) in today
+    shared = {(rule, w) for rule, w in today if dict(w).get("experiment") != "puzzle"}
     chain = today - shared  # every job of the experiment, keyed by experiment=puzzle
 
     def of(run: str) -> set:

@@ -8,7 +8,7 @@ import json
 import shlex
 from pathlib import Path
 
-from pcam.config import run_supervision, runs, stage_settings, validate_config
+from pcam.config import backbone_run, run_supervision, runs, stage_settings, validate_config
 from pcam.data import manifest as data_manifest
 from pcam.data.voc import DatasetSpec
 from pcam.fingerprint import code_fingerprint, result_compute
@@ -157,10 +157,9 @@ PAPER = _paper_table()
 
 
 def affinitynet_init(w):
-    """The experiment's classifier, when AffinityNet's frozen backbone starts from it."""
-    if stage_settings(config, w.experiment, "affinitynet")["init_from_classifier"]:
-        return f"{RESULTS}/{w.experiment}/classifier/model.pt"
-    return []
+    """The classifier AffinityNet's frozen backbone starts from (`backbone_run`), if any."""
+    run = backbone_run(config, w.experiment)
+    return f"{RESULTS}/{run}/classifier/model.pt" if run else []
 
 
 def classifier_import(w):
