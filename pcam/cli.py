@@ -190,6 +190,7 @@ SHARD = (
     opt("--num-shards", type=int, default=1, help="number of shards of the list"),
     opt("--out", required=True, help="output directory of this shard"),
 )
+INIT_FROM = opt("--init-from", help="trained classifier whose backbone starts the backbone")
 TRAINING = (
     opt("--out-model", required=True, help="final model file (declared output)"),
     opt("--out-curve", required=True, help="training-curve CSV (declared output)"),
@@ -316,7 +317,7 @@ COMMANDS: dict[str, Command] = {
                label_dirs=_paths("labels"), init_model=_path("init_from"), job=_job),
         "train AffinityNet on affinity labels",
         (*STAGE, *COMPUTE, _dirs("--labels", "affinity-label shard directories"),
-         opt("--init-from", help="classifier whose backbone starts the frozen backbone"),
+         INIT_FROM,
          *TRAINING),
     ),
     "make-rw": Command(
@@ -332,10 +333,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "train-deeplab": Command(
         _stage("pcam.stages.deeplab:train_deeplab", "deeplab", compute=_compute,
-               label_dirs=_paths("labels"), job=_job),
+               label_dirs=_paths("labels"), init_model=_path("init_from"), job=_job),
         "train DeepLabV3+ on pseudo-labels or ground truth",
         (*STAGE, *COMPUTE,
          _dirs("--labels", "label shard directories (omit: ground truth)", required=False),
+         INIT_FROM,
          *TRAINING),
     ),
     "infer-deeplab": Command(

@@ -92,9 +92,10 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
         for stage in SECTIONS:
             merged = stage_settings(cfg, name, stage)
             _validate(merged, _section_schema(stage), where, ("experiments", name, stage))
-        if cfg["experiments"][name]["supervision"] == "weak":
+        weak = cfg["experiments"][name]["supervision"] == "weak"
+        for section in CLASSIFIER_INIT_SECTIONS if weak else ("deeplab",):
             try:
-                backbone_run(cfg, name)
+                backbone_run(cfg, name, section)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: experiments.{name}: {exc}") from None
     return cfg
@@ -200,21 +201,26 @@ def experiment_runs(cfg: dict, name: str) -> list[str]:
     return [run_folder(name, k) for k in seeds] if len(seeds) > 1 else [name]
 
 
-def backbone_run(cfg: dict, run: str) -> str | None:
-    """The run whose trained classifier AffinityNet's frozen backbone starts from
-    (`affinitynet.init_from_classifier`): `run` itself (true); the named experiment's first run
-    (a name: one backbone for every experiment and seed, as the ImageNet weights are in the
-    paper); None (false: ImageNet weights)."""
-    value = stage_settings(cfg, run, "affinitynet")["init_from_classifier"]
-    if isinstance(value, bool):
-        return run if value else None
-    other = cfg["experiments"].get(value)
+# The sections whose backbone may start from a trained classifier (`init_from_classifier`).
+CLASSIFIER_INIT_SECTIONS = ("affinitynet", "deeplab")
+
+
+def backbone_run(cfg: dict, run: str, section: str) -> str | None:
+    """The run whose trained classifier starts the backbone of `section` (affinitynet or deeplab,
+    `init_from_classifier`): `run` itself (true); the named experiment's first run (a name: one
+    backbone for every experiment and seed, as the ImageNet weights are in the paper); None
+    (false: the section's `pretrained` weights)."""
+    value = stage_settings(cfg, run, section)["init_from_classifier"]
+    key = f"{section}.init_from_classifier"
+    name = parse_run(run)[0] if value is True else value
+    if value is False:
+        return None
+    other = cfg["experiments"].get(name)
     if other is None or other["supervision"] != "weak":
         raise ConfigError(
-            f"affinitynet.init_from_classifier: {value!r} is not a weakly supervised experiment"
-            " (only those train a classifier)"
+            f"{key}: {name!r} is not a weakly supervised experiment (only those train a classifier)"
         )
-    return experiment_runs(cfg, value)[0]
+    return run if value is True else experiment_runs(cfg, name)[0]
 
 
 def run_seed(cfg: dict, run: str) -> int:

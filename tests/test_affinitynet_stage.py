@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pcam.errors import ConfigError, DataError
-from pcam.models import save_model
+from pcam.models import load_classifier_backbone, save_model
 from pcam.models.affinitynet import AffinityNet
 from pcam.models.classifier import Classifier
-from pcam.stages.affinitynet import load_classifier_backbone, make_loss_fn
+from pcam.stages.affinitynet import make_loss_fn
 
 torch.set_num_threads(1)
 

@@ -134,7 +134,10 @@ def _stage_calls(tmp: Path) -> dict[str, tuple[str, str, list[str], dict]]:
             "pseudo_labels:make_pseudo_labels", "pseudo_labels",
             ["--rw", *dirs, "--workers", "3", *shard], {"rw_dirs": [Path(d) for d in dirs], **crf},
         ),
-        "train-deeplab": ("deeplab:train_deeplab", "deeplab", training, {"label_dirs": None}),
+        "train-deeplab": (
+            "deeplab:train_deeplab", "deeplab", ["--init-from", model, *training],
+            {"label_dirs": None, "init_model": Path(model)},
+        ),
         "infer-deeplab": (
             "segmentation:infer_deeplab", "deeplab_inference",
             ["--model", model, "--workers", "3", "--server-format", *shard],

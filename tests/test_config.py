@@ -383,23 +383,33 @@ def test_an_experiment_may_not_be_named_like_a_seed_folder(base):
         validate_config(cfg)
 
 
-def test_affinitynet_backbone_comes_from_the_named_experiment_for_every_run(base):
+@pytest.mark.parametrize("section", ["affinitynet", "deeplab"])
+def test_a_backbone_comes_from_the_named_experiment_for_every_run(base, section):
     cfg = _with_seeds(copy.deepcopy(base), [0, 2])  # puzzle runs two seeds, baseline one
-    assert base["affinitynet"]["init_from_classifier"] == "baseline"
-    assert {backbone_run(cfg, run) for run in runs(cfg, "weak")} == {"baseline"}
+    assert base[section]["init_from_classifier"] == "baseline"
+    every = runs(cfg) if section == "deeplab" else runs(cfg, "weak")  # full has no AffinityNet
+    assert {backbone_run(cfg, run, section) for run in every} == {"baseline"}
     cfg["experiments"]["baseline"]["seeds"] = [5, 6]  # the named experiment's first run
-    assert backbone_run(cfg, "puzzle/seed-2") == "baseline/seed-5"
-    cfg["affinitynet"]["init_from_classifier"] = True  # each run its own classifier
-    assert backbone_run(cfg, "puzzle/seed-2") == "puzzle/seed-2"
-    cfg["affinitynet"]["init_from_classifier"] = False  # ImageNet weights: no classifier
-    assert backbone_run(cfg, "puzzle/seed-2") is None
+    assert backbone_run(cfg, "puzzle/seed-2", section) == "baseline/seed-5"
+    cfg[section]["init_from_classifier"] = True  # each run its own classifier
+    assert backbone_run(cfg, "puzzle/seed-2", section) == "puzzle/seed-2"
+    cfg[section]["init_from_classifier"] = False  # the `pretrained` weights: no classifier
+    assert backbone_run(cfg, "puzzle/seed-2", section) is None
 
 
-@pytest.mark.parametrize("name", ["full", "nosuch"])
-def test_a_backbone_experiment_without_a_classifier_is_refused(base, name):
+@pytest.mark.parametrize(
+    ("section", "value", "who"),
+    [
+        ("affinitynet", "full", "puzzle"),
+        ("affinitynet", "nosuch", "puzzle"),
+        ("deeplab", "full", "puzzle"),
+        ("deeplab", True, "full"),  # the fully supervised experiment trains no classifier
+    ],
+)
+def test_a_backbone_source_without_a_classifier_is_refused(base, section, value, who):
     cfg = copy.deepcopy(base)
-    cfg["affinitynet"]["init_from_classifier"] = name
-    with pytest.raises(
-        ConfigError, match=f"experiments.puzzle: affinitynet.init_from_classifier: '{name}'"
-    ):
+    cfg[section]["init_from_classifier"] = value
+    name = "full" if value is True else value
+    match = f"experiments.{who}: {section}.init_from_classifier: '{name}' is not a weakly"
+    with pytest.raises(ConfigError, match=match):
         validate_config(cfg)

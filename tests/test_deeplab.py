@@ -34,7 +34,7 @@ def _settings(stage: str = "deeplab", **overrides) -> dict:
     settings = stage_settings(load_config(ROOT / "config" / "config.yaml"), "puzzle", stage)
     if stage == "deeplab":
         settings.update(head_channels=16, crop_size=32, resize_range=[32, 64], batch_size=12)
-        settings.update(epochs=1, log_every=1)
+        settings.update(epochs=1, log_every=1, init_from_classifier=False)
     settings.update(overrides)
     return validate_stage(stage, settings)
 
@@ -255,3 +255,24 @@ def test_train_deeplab_fully_supervised(spec, tmp_path):
     from pcam.models import load_model
 
     assert isinstance(load_model(_train(spec, tmp_path, None)), DeepLabV3Plus)
+
+
+def test_the_backbone_starts_from_the_classifier_given(spec, tmp_path):
+    """`init_from_classifier`: the backbone's weights at step 0 are the classifier's (lr 1e-12 keeps
+    them); none given is a config error."""
+    from pcam.models import load_model, save_model
+    from pcam.models.classifier import Classifier
+
+    torch.manual_seed(3)  # not the training's seed: a random init would differ
+    classifier = Classifier("resnet18", spec.num_classes)
+    init = tmp_path / "classifier.pt"
+    save_model(init, "classifier", classifier, _settings("classifier"), spec.num_classes)
+    with pytest.raises(ConfigError, match="deeplab.init_from_classifier: no classifier"):
+        _train(spec, tmp_path / "none", None, init_from_classifier="baseline")
+    job = TrainingJob(tmp_path / "m.pt", tmp_path / "c.csv", tmp_path / "state")
+    settings = _settings(init_from_classifier="baseline", lr=1e-12)
+    train_deeplab(spec, settings, compute=COMPUTE, label_dirs=None, init_model=init, job=job)
+    trained = load_model(job.out_model).backbone.state_dict()
+    for key, value in classifier.backbone.state_dict().items():
+        if "running" not in key and "num_batches" not in key:  # BN statistics move in training
+            torch.testing.assert_close(trained[key], value, msg=key)

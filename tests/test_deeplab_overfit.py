@@ -61,6 +61,7 @@ def test_configured_deeplab_overfits_a_handful_of_images(tmp_path):
     settings.update(
         batch_size=N_IMAGES, micro_batch=None, epochs=STEPS, crop_size=SIZE,
         resize_range=[SIZE, SIZE], checkpoint_every=STEPS, log_every=STEPS,
+        init_from_classifier=False,  # from random init: the optimiser and schedule alone
     )  # fmt: skip
     out = tmp_path / "deeplab"
     job = TrainingJob(out / "model.pt", out / "curve.csv", out / "state")

@@ -74,7 +74,7 @@ def _job(root: Path, *inputs: Path) -> TrainingJob:
 
 
 def _deeplab(spec, job, labels, compute=COMPUTE, **overrides) -> None:
-    settings = _settings("deeplab", head_channels=16, **overrides)
+    settings = _settings("deeplab", head_channels=16, init_from_classifier=False, **overrides)
     train_deeplab(spec, settings, compute=compute, label_dirs=labels, job=job)
 
 

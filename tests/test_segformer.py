@@ -27,7 +27,9 @@ COMPUTE = cpu_compute()
 
 def _settings(**overrides) -> dict:
     """The config's `deeplab` section for a small SegFormer on pvt_v2_b0."""
-    segformer = dict(network="segformer", backbone="pvt_v2_b0", output_stride=None)
+    segformer = dict(
+        network="segformer", backbone="pvt_v2_b0", output_stride=None, init_from_classifier=False
+    )
     return section("deeplab", **{**segformer, "head_channels": 32, **overrides})
 
 

@@ -14,6 +14,7 @@ in the schema's `deeplab.network` enum, which a test checks against this registr
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from torch import nn
 
 from pcam.errors import ConfigError, DataError
 from pcam.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,24 @@ def load_model(
     return model.to(map_location).eval()
 
 
+def load_classifier_backbone(model: nn.Module, path: str | os.PathLike) -> None:
+    """Copy into `model.backbone` the backbone weights (BN statistics included) of the trained
+    classifier at `path` (`init_from_classifier`); a backbone of another shape -> ConfigError."""
+    classifier = load_model(path, kind="classifier")
+    try:
+        model.backbone.load_state_dict(classifier.backbone.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{path}: its backbone does not fit this network's (same `backbone` needed): {exc}"
+        ) from exc
+    log.info("backbone initialised from the classifier %s", path)
+
+
 __all__ = [
     "MODEL_KINDS",
     "ModelKind",
     "build_model",
+    "load_classifier_backbone",
     "load_model",
     "save_model",
     "save_torch",

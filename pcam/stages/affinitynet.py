@@ -27,7 +27,7 @@ from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError
-from pcam.models import load_model
+from pcam.models import load_classifier_backbone
 from pcam.models.affinitynet import AffinityNet
 from pcam.stages.training import train_network
 from pcam.train import TrainingJob
@@ -55,18 +55,6 @@ def make_loss_fn(radius: int, crop_size: int):
     return loss_fn
 
 
-def load_classifier_backbone(model: AffinityNet, path: Path) -> None:
-    """Copy the backbone weights (BN statistics included) of the classifier at `path`."""
-    classifier = load_model(path, kind="classifier")
-    try:
-        model.backbone.load_state_dict(classifier.backbone.state_dict())
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"{path}: its backbone does not fit the AffinityNet's (same `backbone` needed): {exc}"
-        ) from exc
-    log.info("frozen backbone initialised from the classifier %s", path)
-
-
 def train_affinitynet(
     spec: DatasetSpec,
     settings: dict[str, Any],
@@ -78,7 +66,7 @@ def train_affinitynet(
 ) -> None:
     """Train on `spec.train_split` with the affinity labels in `label_dirs` (shard directories).
 
-    init_model: a trained classifier whose backbone weights replace the ImageNet ones of the
+    init_model: a trained classifier whose backbone weights replace the `pretrained` ones of the
     frozen backbone (`init_from_classifier`, for runs without ImageNet weights, e.g. the demo).
     """
     ids = read_split(spec, spec.train_split)

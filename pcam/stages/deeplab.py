@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, gt_mask, load_image, read_split
-from pcam.errors import DataError
+from pcam.errors import ConfigError, DataError
 from pcam.io import IGNORE_INDEX
-from pcam.models import build_model, segmentation_kind
+from pcam.models import build_model, load_classifier_backbone, segmentation_kind
 from pcam.segment import multiscale_probs
 from pcam.stages.training import train_network
 from pcam.train import TrainingJob
@@ -55,12 +55,15 @@ def train_deeplab(
     *,
     compute: dict[str, Any],
     label_dirs: list[Path] | None,
+    init_model: Path | None = None,
     job: TrainingJob,
 ) -> None:
     """Train on `spec.train_split` and write `job.out_model` (the network's kind, "deeplab" for
     DeepLabV3+) and the curve.
 
     label_dirs: pseudo-label shard directories, or None for the ground-truth masks.
+    init_model: a trained classifier whose backbone weights replace the `pretrained` ones
+    (`init_from_classifier`: the demo's stand-in for ImageNet weights).
     The model is the one at the last step (spec 15.3), or with `select_with_val` the epoch with
     the best single-scale val mIoU (the official selection: a diagnostic that looks at the
     split it is later scored on, spec 8.2).
@@ -70,6 +73,12 @@ def train_deeplab(
     torch.manual_seed(settings["seed"])  # the head's (and a random backbone's) initial weights
     kind = segmentation_kind(settings["network"])
     model = build_model(kind, settings, spec.num_classes)
+    inputs = list(label_dirs or [])
+    if settings["init_from_classifier"]:
+        if init_model is None:
+            raise ConfigError("deeplab.init_from_classifier: no classifier model was given")
+        load_classifier_backbone(model, init_model)
+        inputs.append(init_model)
     log.info(
         "deeplab: %s on %s, %d images of %s, labels: %s",
         settings["network"], settings["backbone"], len(dataset), spec.train_split,
@@ -78,7 +87,7 @@ def train_deeplab(
     train_network(
         "deeplab", spec, settings, compute, job,
         model=model, loss_fn=loss_fn, dataset=dataset, num_classes=spec.num_classes,
-        inputs=label_dirs or [], sync_bn=settings["norm"] == "bn", kind=kind,
+        inputs=inputs, sync_bn=settings["norm"] == "bn", kind=kind,
         select_fn=val_miou_fn(spec) if settings["select_with_val"] else None,
     )  # fmt: skip
 

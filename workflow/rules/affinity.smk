@@ -35,7 +35,7 @@ rule train_affinitynet:
         labels=lambda w: shard_dirs(
             w.experiment, "affinity_labels", DATA["train_split"]
         ),
-        init=affinitynet_init,
+        init=classifier_init("affinitynet"),
     output:
         model=f"{RESULTS}/{{experiment}}/affinitynet/model.pt",
         curve=report(

@@ -8,7 +8,13 @@ import json
 import shlex
 from pathlib import Path
 
-from pcam.config import backbone_run, run_supervision, runs, stage_settings, validate_config
+from pcam.config import (
+    backbone_run,
+    run_supervision,
+    runs,
+    stage_settings,
+    validate_config,
+)
 from pcam.data import manifest as data_manifest
 from pcam.data.voc import DatasetSpec
 from pcam.fingerprint import code_fingerprint, result_compute
@@ -156,10 +162,14 @@ def _paper_table():
 PAPER = _paper_table()
 
 
-def affinitynet_init(w):
-    """The classifier AffinityNet's frozen backbone starts from (`backbone_run`), if any."""
-    run = backbone_run(config, w.experiment)
-    return f"{RESULTS}/{run}/classifier/model.pt" if run else []
+def classifier_init(section):
+    """Input function: the classifier the backbone of `section` starts from (`backbone_run`)."""
+
+    def init(w):
+        run = backbone_run(config, w.experiment, section)
+        return f"{RESULTS}/{run}/classifier/model.pt" if run else []
+
+    return init
 
 
 def classifier_import(w):

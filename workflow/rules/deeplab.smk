@@ -6,6 +6,7 @@ rule train_deeplab:
         manifest=deeplab_data,
         checked=deeplab_checks,
         labels=deeplab_labels,
+        init=classifier_init("deeplab"),
     output:
         model=f"{RESULTS}/{{experiment}}/deeplab/model.pt",
         curve=report(
@@ -31,9 +32,10 @@ rule train_deeplab:
         compute=compute_json,
         result=result_keys("training"),
         code=code("pcam.stages.deeplab"),
+        init=lambda w, input: flag_with_files("--init-from", input.init),
     shell:
         "pcam --log-file {log:q} train-deeplab --dataset {params.dataset:q}"
-        " --settings {params.settings:q} --compute {params.compute:q} {params.labels}"
+        " --settings {params.settings:q} --compute {params.compute:q} {params.labels} {params.init}"
         " --out-model {output.model:q} --out-curve {output.curve:q}"
         " --state-dir {params.state:q} --state-inputs {input.manifest:q}"
 
