@@ -211,14 +211,14 @@ def backbone_run(cfg: dict, run: str, section: str) -> str | None:
     backbone for every experiment and seed, as the ImageNet weights are in the paper); None
     (false: the section's `pretrained` weights)."""
     value = stage_settings(cfg, run, section)["init_from_classifier"]
-    key = f"{section}.init_from_classifier"
-    name = parse_run(run)[0] if value is True else value
     if value is False:
         return None
+    name = parse_run(run)[0] if value is True else value
     other = cfg["experiments"].get(name)
     if other is None or other["supervision"] != "weak":
         raise ConfigError(
-            f"{key}: {name!r} is not a weakly supervised experiment (only those train a classifier)"
+            f"{section}.init_from_classifier: {name!r} is not a weakly supervised experiment"
+            " (only those train a classifier)"
         )
     return run if value is True else experiment_runs(cfg, name)[0]
 
