@@ -7,10 +7,11 @@ set (e.g. one per demo dataset style). Every template `docs/**/*.md.in` is rende
 into the file without `.in`; a template reads `results.{name}`:
 
 - `.table`: the summary table (Markdown), `.pivot`: experiments x stages (mIoU, Markdown),
-- `.rows.{experiment}.{stage}.{column}`: one cell of summary.csv (numbers as floats, "" as None),
-- `.run`: run.json (with `final_cls_loss.{experiment}`: the classifier's L_cls at the end of its
-  training, when the run trained one), `.commit`: the commit line of the summary, `.wall`: the
-  jobs' wall time.
+- `.rows.{experiment}.{stage}.{column}`: one cell of summary.csv (numbers as floats, "" as None;
+  with seeds, the seeds' mean row), `.seeds.{experiment}.{stage}.{K}`: a seed's mIoU,
+- `.run`: run.json (with `final_cls_loss.{run}`: the classifier's L_cls at the end of its
+  training, when the run trained one; a run is `NAME` or `NAME/seed-K`), `.commit`: the commit
+  line of the summary, `.wall`: the jobs' wall time.
 
 `--check` renders without writing and fails when a committed document differs from the rendering
 of the committed snapshots (its tests run it), so a document cannot drift from its results.
@@ -29,10 +30,18 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from pcam.config import run_folder
 from pcam.errors import DataError
 from pcam.io import write_text
 from pcam.provenance import read_provenance
-from pcam.summary import COLUMNS, commits_line, display_frame, pivot_frame, read_summary_csv
+from pcam.summary import (
+    COLUMNS,
+    MEAN_SEED,
+    commits_line,
+    display_frame,
+    pivot_frame,
+    read_summary_csv,
+)
 
 SNAPSHOTS = "results"  # under the docs folder
 TEMPLATE_SUFFIX = ".in"
@@ -95,9 +104,30 @@ class Snapshot:
     def rows(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for record in self.summary.to_dict("records"):
-            cells = {c: _number(record[c]) for c in COLUMNS}
-            out.setdefault(record["experiment"], {})[record["stage"]] = cells
+            if record.get("seed", "") in ("", MEAN_SEED):
+                cells = {c: _number(record[c]) for c in COLUMNS}
+                out.setdefault(record["experiment"], {})[record["stage"]] = cells
         return out
+
+    @property
+    def seeds(self) -> dict[str, dict[str, dict[int, float]]]:
+        out: dict[str, dict[str, dict[int, float]]] = {}
+        for record in self.summary.to_dict("records"):
+            if record.get("seed", "") not in ("", MEAN_SEED):
+                stages = out.setdefault(record["experiment"], {})
+                stages.setdefault(record["stage"], {})[int(record["seed"])] = float(record["miou"])
+        return out
+
+
+def summary_runs(summary: pd.DataFrame) -> list[str]:
+    """The run folders behind a summary's rows: `NAME`, or `NAME/seed-K` per seed row."""
+    seeds = summary["seed"] if "seed" in summary.columns else pd.Series("", index=summary.index)
+    runs = {
+        run_folder(e, None if k == "" else int(k))
+        for e, k in zip(summary["experiment"], seeds, strict=True)
+        if k != MEAN_SEED
+    }
+    return sorted(runs)
 
 
 def read_snapshot(folder: Path) -> Snapshot:
@@ -147,11 +177,11 @@ def take_snapshot(results: Path, docs: Path, name: str) -> Path:
     summary = results / "summary.csv"
     if not summary.exists():
         raise DataError(f"{summary}: missing (run the workflow first)")
-    experiments = sorted(set(read_summary_csv(summary)["experiment"]))
-    provenances = [read_provenance(results / e / "provenance.json") for e in experiments]
+    runs = summary_runs(read_summary_csv(summary))
+    provenances = [read_provenance(results / r / "provenance.json") for r in runs]
     facts = run_summary(provenances)
-    curves = {e: results / e / "classifier" / "curve.csv" for e in experiments}
-    facts["final_cls_loss"] = {e: final_cls_loss(c) for e, c in curves.items() if c.exists()}
+    curves = {r: results / r / "classifier" / "curve.csv" for r in runs}
+    facts["final_cls_loss"] = {r: final_cls_loss(c) for r, c in curves.items() if c.exists()}
     folder = docs / SNAPSHOTS / name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(summary, folder / "summary.csv")

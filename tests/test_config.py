@@ -228,7 +228,7 @@ def test_overrides_merge_into_sections_and_need_not_repeat_keys(base):
         validate_config(cfg)
 
 
-OVERLAYS = [TINY, CONFIG.parent / "voc.yaml", CONFIG.parent / "demo-tools.yaml"]
+OVERLAYS = [TINY, *(CONFIG.parent / f for f in ("voc.yaml", "demo-tools.yaml", "demo-seeds.yaml"))]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)

@@ -10,6 +10,7 @@ import pytest
 
 from pcam import cli, render_docs
 from pcam.errors import DataError
+from pcam.summary import COLUMNS, SEED_COLUMNS
 from tests.test_summary import FULL, SPLITS, WEAK, _results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,3 +148,38 @@ def test_snapshot_of_an_unfinished_run_is_refused(tmp_path, docs):
     shutil.rmtree(results / "full")
     with pytest.raises(DataError, match=r"full/provenance\.json: unreadable"):
         render_docs.take_snapshot(results, docs, "x")
+
+
+def test_a_seeded_run_is_snapshotted_per_seed_folder(tmp_path):
+    """Seeds (results/{experiment}/seed-K): provenance and curves are read per seed's folder,
+    and templates see each seed's mIoU beside the seeds' mean row."""
+    results = tmp_path / "results"
+    rows = []
+    for k, miou in ((1, "40.00"), (2, "44.00")):
+        run = results / "puzzle" / f"seed-{k}"
+        job = {
+            "device": "cpu",
+            "precision": "fp32",
+            "cpus": 2,
+            "peak_rss_mb": 10.0,
+            "started": "2026-01-01T10:00:00+00:00",
+            "finished": "2026-01-01T10:01:00+00:00",
+        }
+        record = {"experiment": f"puzzle/seed-{k}", "commit": "f00d", "dirty": False,
+                  "jobs": [job], "packages": {}}  # fmt: skip
+        run.mkdir(parents=True)
+        (run / "provenance.json").write_text(json.dumps(record))
+        (run / "classifier").mkdir()
+        (run / "classifier" / "curve.csv").write_text(f"step,cls\n10,0.{k}\n")
+        rows.append(f"puzzle,cam,train,8,0.15,{miou},,,,,,,,f00d,{k},,,,")
+    rows.append("puzzle,cam,train,8,0.15,42.00,,,,,,,,f00d,mean,2,2.83,40.00,44.00")
+    header = ",".join([*COLUMNS, *SEED_COLUMNS])
+    (results / "summary.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    docs = tmp_path / "docs"
+    folder = render_docs.take_snapshot(results, docs, "seeds")
+    run = json.loads((folder / "run.json").read_text())
+    assert run["experiments"] == ["puzzle/seed-1", "puzzle/seed-2"]
+    assert run["final_cls_loss"] == {"puzzle/seed-1": 0.1, "puzzle/seed-2": 0.2}
+    snapshot = render_docs.read_snapshot(folder)
+    assert snapshot.seeds == {"puzzle": {"cam": {1: 40.0, 2: 44.0}}}
+    assert snapshot.rows["puzzle"]["cam"]["miou"] == 42.0  # the mean row
