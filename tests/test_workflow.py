@@ -205,12 +205,25 @@ def test_changing_pseudo_label_crf_reruns_only_its_descendants(done):
 
 def test_changing_one_experiment_setting_reruns_that_experiment_only(done):
     change = _override(
-        done, "alpha", "experiments:\n  baseline:\n    supervision: weak\n"
+        done, "alpha", "experiments:\n  puzzle:\n    supervision: weak\n"
+        "    classifier:\n      alpha: 2.0\n",
+    )  # fmt: skip
+    jobs = done.planned_jobs(configfiles=(change,))
+    assert {exp for _, exp in jobs} == {"puzzle", ""}
+    assert ("train_classifier", "puzzle") in jobs and ("make_cams", "puzzle") in jobs
+
+
+def test_changing_the_shared_backbone_reruns_every_experiment_trained_on_it(done):
+    """The baseline's classifier is every AffinityNet's and DeepLab's backbone (config.yaml):
+    a change to it re-trains them all, but not puzzle's own classifier."""
+    change = _override(
+        done, "seed", "experiments:\n  baseline:\n    supervision: weak\n"
         "    classifier:\n      loss_terms: [cls]\n      seed: 1\n",
     )  # fmt: skip
     jobs = done.planned_jobs(configfiles=(change,))
-    assert {exp for _, exp in jobs} == {"baseline", ""}
-    assert ("train_classifier", "baseline") in jobs and ("make_cams", "baseline") in jobs
+    assert {exp for _, exp in jobs} == {"baseline", "puzzle", "full", ""}
+    assert {("train_affinitynet", "puzzle"), ("train_deeplab", "full")} <= jobs
+    assert ("train_classifier", "puzzle") not in jobs and ("make_cams", "puzzle") not in jobs
 
 
 def test_changing_random_walk_code_reruns_it_and_its_descendants(done):
