@@ -235,6 +235,19 @@ def _crf_labels(stage: str, inputs: str, option: str, what: str, help_: str) -> 
     )  # fmt: skip
 
 
+def _label_training(module: str, help_: str, labels: Option) -> Command:
+    """A training on label shard directories (`pcam.stages.{module}.train_{module}`, section
+    `module`): --labels, and --init-from, the classifier its backbone may start from."""
+    return Command(
+        _stage(
+            f"pcam.stages.{module}:train_{module}", module, compute=_compute,
+            label_dirs=_paths("labels"), init_model=_path("init_from"), job=_job,
+        ),
+        help_,
+        (*STAGE, *COMPUTE, labels, INIT_FROM, *TRAINING),
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the table
 
 COMMANDS: dict[str, Command] = {
@@ -312,13 +325,9 @@ COMMANDS: dict[str, Command] = {
         "affinity_labels", "cam_dirs", "cams", "CAM shard directories",
         "affinity labels from CAMs + dCRF",
     ),
-    "train-affinitynet": Command(
-        _stage("pcam.stages.affinitynet:train_affinitynet", "affinitynet", compute=_compute,
-               label_dirs=_paths("labels"), init_model=_path("init_from"), job=_job),
-        "train AffinityNet on affinity labels",
-        (*STAGE, *COMPUTE, _dirs("--labels", "affinity-label shard directories"),
-         INIT_FROM,
-         *TRAINING),
+    "train-affinitynet": _label_training(
+        "affinitynet", "train AffinityNet on affinity labels",
+        _dirs("--labels", "affinity-label shard directories"),
     ),
     "make-rw": Command(
         _stage("pcam.stages.rw:make_rw", "rw", run=_shard_run, cam_dirs=_paths("cams"),
@@ -331,14 +340,9 @@ COMMANDS: dict[str, Command] = {
         "pseudo_labels", "rw_dirs", "rw", "random-walk shard directories",
         "pseudo-labels from RW maps + dCRF",
     ),
-    "train-deeplab": Command(
-        _stage("pcam.stages.deeplab:train_deeplab", "deeplab", compute=_compute,
-               label_dirs=_paths("labels"), init_model=_path("init_from"), job=_job),
-        "train DeepLabV3+ on pseudo-labels or ground truth",
-        (*STAGE, *COMPUTE,
-         _dirs("--labels", "label shard directories (omit: ground truth)", required=False),
-         INIT_FROM,
-         *TRAINING),
+    "train-deeplab": _label_training(
+        "deeplab", "train DeepLabV3+ on pseudo-labels or ground truth",
+        _dirs("--labels", "label shard directories (omit: ground truth)", required=False),
     ),
     "infer-deeplab": Command(
         _stage("pcam.stages.segmentation:infer_deeplab", "deeplab_inference", run=_shard_run,

@@ -27,9 +27,8 @@ from pcam.cams import strided_size
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, read_split
 from pcam.errors import ConfigError
-from pcam.models import load_classifier_backbone
 from pcam.models.affinitynet import AffinityNet
-from pcam.stages.training import train_network
+from pcam.stages.training import init_backbone, train_network
 from pcam.train import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,7 @@ def train_affinitynet(
     dataset = SegmentationDataset(spec, ids, settings, settings["seed"], label_dirs)
     torch.manual_seed(settings["seed"])  # the side branches' initial weights
     model = AffinityNet.from_settings(settings, spec.num_classes)
-    inputs = list(label_dirs)
-    if settings["init_from_classifier"]:
-        if init_model is None:
-            raise ConfigError("affinitynet.init_from_classifier: no classifier model was given")
-        load_classifier_backbone(model, init_model)
-        inputs.append(init_model)
+    inputs = [*label_dirs, *init_backbone(model, "affinitynet", settings, init_model)]
     log.info(
         "affinitynet: %s (frozen), %d images of %s, radius %d",
         settings["backbone"], len(dataset), spec.train_split, settings["radius"],

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from pcam.data.labelled import SegmentationDataset
 from pcam.data.voc import DatasetSpec, gt_mask, load_image, read_split
-from pcam.errors import ConfigError, DataError
+from pcam.errors import DataError
 from pcam.io import IGNORE_INDEX
-from pcam.models import build_model, load_classifier_backbone, segmentation_kind
+from pcam.models import build_model, segmentation_kind
 from pcam.segment import multiscale_probs
-from pcam.stages.training import train_network
+from pcam.stages.training import init_backbone, train_network
 from pcam.train import TrainingJob
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,7 @@ def train_deeplab(
     torch.manual_seed(settings["seed"])  # the head's (and a random backbone's) initial weights
     kind = segmentation_kind(settings["network"])
     model = build_model(kind, settings, spec.num_classes)
-    inputs = list(label_dirs or [])
-    if settings["init_from_classifier"]:
-        if init_model is None:
-            raise ConfigError("deeplab.init_from_classifier: no classifier model was given")
-        load_classifier_backbone(model, init_model)
-        inputs.append(init_model)
+    inputs = [*(label_dirs or []), *init_backbone(model, "deeplab", settings, init_model)]
     log.info(
         "deeplab: %s on %s, %d images of %s, labels: %s",
         settings["network"], settings["backbone"], len(dataset), spec.train_split,

@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 
 from pcam.checkpoint import state_key
 from pcam.data.voc import DatasetSpec
+from pcam.errors import ConfigError
 from pcam.fingerprint import RESULT_COMPUTE_KEYS, code_fingerprint
-from pcam.models import save_model
+from pcam.models import load_classifier_backbone, save_model
 from pcam.train import LossFn, SelectFn, TrainingJob, fit
 
 # Settings that change how a training runs, never what it computes.
@@ -50,6 +51,20 @@ def training_key(
         "dataset": dataset_identity(spec),
     }
     return state_key(identity, [spec.split_path(spec.train_split), *inputs])
+
+
+def init_backbone(
+    model: nn.Module, section: str, settings: dict[str, Any], init_model: Path | None
+) -> list[Path]:
+    """`init_from_classifier`: start `model.backbone` from the trained classifier `init_model`.
+    Returns the files the training's resumable state is keyed on: [init_model], or [] when the
+    section does not ask for it (the backbone keeps its `pretrained` weights)."""
+    if not settings["init_from_classifier"]:
+        return []
+    if init_model is None:
+        raise ConfigError(f"{section}.init_from_classifier: no classifier model was given")
+    load_classifier_backbone(model, init_model)
+    return [init_model]
 
 
 def train_network(
