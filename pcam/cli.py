@@ -171,6 +171,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         thresholds=thresholds,
         every=a.every,
         workers=a.workers,
+        aug_masks=a.aug_masks,
     )
     write_csv(result, Path(a.out))
     print(result.describe())
@@ -309,6 +310,8 @@ COMMANDS: dict[str, Command] = {
             help="score maps: background-threshold sweep"),
         opt("--every", type=int, default=1, help="score every N-th image (official: 8)"),
         opt("--workers", type=int, default=1, help="worker processes"),
+        opt("--aug-masks", action="store_true",
+            help="score against the training masks (SegmentationClassAug, else SegmentationClass)"),
     )),
     "train-classifier": Command(
         _stage("pcam.stages.classifier:train_classifier", "classifier",

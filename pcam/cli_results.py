@@ -14,6 +14,9 @@ from pathlib import Path
 from pcam.cli_common import Command, dataset_spec, json_opt, opt
 from pcam.errors import PcamError
 
+# `summarize --splits`: the split name of each row kind (pcam.pipeline.SPLIT_ROLES), VOC's
+DEFAULT_SPLITS = {"train": "train", "val": "val", "aug": "train_aug"}
+
 
 def _summarize(a: argparse.Namespace) -> int:
     from pcam.provenance import commit_label, read_provenance
@@ -24,7 +27,8 @@ def _summarize(a: argparse.Namespace) -> int:
         provenance = read_provenance(Path(path))
         commits[provenance["experiment"]] = commit_label(provenance)
     table = summarize(
-        [Path(p) for p in a.evals], out=Path(a.out), splits=a.splits, paper=a.paper,
+        [Path(p) for p in a.evals], out=Path(a.out), splits={**DEFAULT_SPLITS, **a.splits},
+        paper=a.paper,
         commits=commits,
     )  # fmt: skip
     print(table)
@@ -120,8 +124,9 @@ COMMANDS: dict[str, Command] = {
         opt("--evals", nargs="+", required=True,
             help="evaluation CSVs named results/{experiment}/eval/{stage}.csv"),
         opt("--out", required=True, help="summary CSV"),
-        json_opt("--splits", default={"train": "train", "val": "val"},
-                 help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT}'),
+        json_opt("--splits", default={},
+                 help='split names: {"train": EVAL_SPLIT, "val": VAL_SPLIT, "aug": TRAIN_SPLIT}'
+                      ' (each missing key: train, val, train_aug)'),
         json_opt("--paper", default={},
                  help="paper mIoU per experiment and stage (JSON), filled on VOC"),
         opt("--provenance", nargs="+", help="experiments' provenance.json (the commit column)"),

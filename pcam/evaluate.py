@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pcam.data.voc import DatasetSpec, gt_mask, read_split
+from pcam.data.voc import DatasetSpec, gt_mask, read_split, training_mask
 from pcam.errors import ConfigError, DataError
 from pcam.io import IGNORE_INDEX, find_in_dirs, load_label_png, load_scores, write_text
 from pcam.metrics import EvalResult, Scores, label_confusion, nanmean, score_confusion
@@ -37,11 +37,16 @@ class _Job:
     pred_dirs: tuple[Path, ...]
     score_key: str | None
     grid: np.ndarray | None  # sorted float32 thresholds; None for label PNGs
+    aug_masks: bool = False  # the training masks (SegmentationClassAug first)
 
 
-def _load_gt(spec: DatasetSpec, image_id: str) -> np.ndarray:
-    mask = gt_mask(spec, image_id)
-    path = spec.mask_path(image_id)
+def _load_gt(spec: DatasetSpec, image_id: str, aug_masks: bool = False) -> np.ndarray:
+    if aug_masks:  # DataError naming both files when neither exists
+        mask = training_mask(spec, image_id)
+        path = spec.mask_path(image_id, aug=spec.mask_path(image_id, aug=True).exists())
+    else:
+        mask = gt_mask(spec, image_id)
+        path = spec.mask_path(image_id)
     if mask is None:
         raise DataError(f"{path}: ground-truth mask is missing")
     _check_labels(mask, spec.num_classes, path)
@@ -84,7 +89,7 @@ def _load_score_map(
 
 def _image_confusion(job: _Job, image_id: str) -> np.ndarray:
     """(T, C, C+1) counts of one image (T = 1 for label PNGs)."""
-    gt = _load_gt(job.spec, image_id)
+    gt = _load_gt(job.spec, image_id, job.aug_masks)
     c = job.spec.num_classes
     if job.grid is None:
         path = find_in_dirs(job.pred_dirs, image_id, ".png")
@@ -128,12 +133,15 @@ def evaluate_predictions(
     thresholds: list[float] | None,
     every: int,
     workers: int,
+    aug_masks: bool = False,
 ) -> EvalResult:
     """Score the predictions of split `split` (ids 0, every, 2*every, ...) against GT masks.
 
     Label PNGs `{id}.png` when `score_key` is None, else score archives `{id}.npz` whose array
     `score_key` is thresholded at `threshold` and at each of `thresholds` (the sweep). Predictions
-    are looked up in `pred_dirs` (shards). Missing or malformed files -> DataError naming them.
+    are looked up in `pred_dirs` (shards). `aug_masks`: against the training masks
+    (SegmentationClassAug, else SegmentationClass) instead of SegmentationClass. Missing or
+    malformed files -> DataError naming them.
     """
     if every < 1 or workers < 1:
         raise ConfigError(f"--every/--workers: must be >= 1, got {every}, {workers}")
@@ -142,7 +150,7 @@ def evaluate_predictions(
     if not ids:
         raise DataError(f"{spec.split_path(split)}: split list is empty")
     grid = None if wanted is None else np.unique(np.asarray(wanted, dtype=np.float32))
-    job = _Job(spec, tuple(Path(d) for d in pred_dirs), score_key, grid)
+    job = _Job(spec, tuple(Path(d) for d in pred_dirs), score_key, grid, aug_masks)
     per_task = max(1, min(32, math.ceil(len(ids) / (4 * workers))))
     chunks = [ids[i : i + per_task] for i in range(0, len(ids), per_task)]
     progress = partial(tqdm, total=len(chunks), desc=f"evaluate {split}", disable=None)

@@ -49,6 +49,8 @@ class ScoredStage:
     source_split / split: dataset keys of the split the shards cover and the split scored.
     score_key: array of the `.npz` score maps scored with a background threshold (None: the
     outputs are label PNGs). threshold: the `evaluation` key holding that threshold.
+    aug_masks: score against the training masks (SegmentationClassAug, else SegmentationClass;
+    VOC: SBD's masks of train_aug) instead of the evaluation masks (SegmentationClass).
     """
 
     name: str
@@ -58,11 +60,17 @@ class ScoredStage:
     split: str
     score_key: str | None = None
     threshold: str | None = None
+    aug_masks: bool = False
 
     @property
     def on_train(self) -> bool:
         """True for the stages scored on the training images (eval_split), Table 2 style."""
         return self.split == "eval_split"
+
+    @property
+    def on_val(self) -> bool:
+        """True for the segmentation network's stages, scored on val."""
+        return self.split == "val_split"
 
 
 def segmentation_stages(supervision: str, prefix: str = "deeplab") -> list[ScoredStage]:
@@ -79,7 +87,15 @@ WEAK_LABEL_STAGES = [
     ScoredStage("cam", "weak", "cams", "train_split", "eval_split", "hr_cam", "cam_threshold"),
     ScoredStage("rw", "weak", "rw", "train_split", "eval_split", "rw", "rw_threshold"),
     ScoredStage("rw_crf", "weak", "pseudo_labels", "train_split", "eval_split"),
+    # NOT in the paper: the pseudo-labels on every image the segmentation network trains on
+    # (Table 2 scores the `train` subset only; VOC: 1,464 of train_aug's 10,582 images)
+    ScoredStage(
+        "rw_crf_aug", "weak", "pseudo_labels", "train_split", "train_split", aug_masks=True
+    ),
 ]
+
+# The summary's `split` column: the `summarize --splits` key of each stage's split.
+SPLIT_ROLES = {"eval_split": "train", "val_split": "val", "train_split": "aug"}
 
 
 def scored_stages(supervision: str, prefix: str = "deeplab") -> list[ScoredStage]:
@@ -105,6 +121,11 @@ def all_scored_stages() -> list[ScoredStage]:
 def stage_order() -> list[str]:
     """Row order of the summary: every stage name of every supervision, pipeline order."""
     return [s.name for s in all_scored_stages()]
+
+
+def split_roles() -> dict[str, str]:
+    """Each scored stage's name -> its `summarize --splits` key ("train", "val" or "aug")."""
+    return {s.name: SPLIT_ROLES[s.split] for s in all_scored_stages()}
 
 
 def train_stage_names() -> set[str]:

@@ -34,8 +34,8 @@ from pcam.io import write_text
 from pcam.pipeline import (
     segmentation_prefixes,
     segmentation_stages,
+    split_roles,
     stage_order,
-    train_stage_names,
 )
 
 BASE_COLUMNS = [
@@ -129,7 +129,7 @@ def _eval_row(path: Path, splits: Mapping[str, str], paper: Mapping) -> dict:
     return {
         "experiment": experiment,
         "stage": stage,
-        "split": splits["train" if stage in train_stage_names() else "val"],
+        "split": splits[split_roles()[stage]],
         **{k: s[k] for k in ("n_images", "threshold", "miou", "fg_miou")},
         "paper_miou": paper[experiment][stage] if stage in paper.get(experiment, ()) else None,
         **{k: s[k] for k in ("best_threshold", "best_miou", "miou_official", "pixel_accuracy")},
@@ -220,8 +220,9 @@ def summary_frame(
     """The summary (columns `COLUMNS`, then `SEED_COLUMNS` when an experiment has seeds), sorted
     by experiment, pipeline stage order, then seed (the mean row after its seeds).
 
-    `splits` maps "train"/"val" to split names; `paper` experiment -> stage -> mIoU; `commits`
-    run (`NAME` or `NAME/seed-K`, as in `provenance.json`) -> commit label (missing: "unknown").
+    `splits` maps "train"/"val"/"aug" (pcam.pipeline.SPLIT_ROLES) to split names; `paper`
+    experiment -> stage -> mIoU; `commits` run (`NAME` or `NAME/seed-K`, as in
+    `provenance.json`) -> commit label (missing: "unknown").
     """
     rows = [_eval_row(Path(p), splits, paper) for p in evals]
     frame = pd.DataFrame.from_records(rows, columns=BASE_COLUMNS)

@@ -63,7 +63,8 @@ def test_dag_runs_on_converted_coco(tmp_path):
     project.run("--cores", "2", configfiles=(override,))
     with open(project.results_path("summary.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert {row["stage"] for row in rows} == {"cam", "rw", "rw_crf", "deeplab", "deeplab_crf"}
+    stages = {"cam", "rw", "rw_crf", "rw_crf_aug", "deeplab", "deeplab_crf"}
+    assert {row["stage"] for row in rows} == stages
     assert {row["experiment"] for row in rows} == {"puzzle"}
     for row in rows:
         assert 0.0 <= float(row["miou"]) <= 100.0

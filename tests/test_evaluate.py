@@ -79,6 +79,24 @@ def _sweep_case(tmp_path: Path) -> tuple[DatasetSpec, Path]:
     return spec, tmp_path / "pred"
 
 
+def test_aug_masks_score_against_the_training_masks(tmp_path: Path) -> None:
+    # "a" has both masks (they differ: the aug one wins), "b" only SegmentationClassAug (the
+    # extra train_aug images of VOC)
+    spec = _dataset(tmp_path / "data", {"a": GT})
+    save_label_png(spec.mask_path("a", aug=True), PRED, PALETTE)
+    save_label_png(spec.mask_path("b", aug=True), GT, PALETTE)
+    write_text(spec.split_path("train"), "a\nb\n")
+    for image_id, pred in (("a", PRED), ("b", GT)):
+        save_label_png(tmp_path / "pred" / f"{image_id}.png", pred, PALETTE)
+    with pytest.raises(DataError, match=r"SegmentationClass/b\.png: ground-truth mask is missing"):
+        _evaluate(spec, [tmp_path / "pred"])
+    result = _evaluate(spec, [tmp_path / "pred"], aug_masks=True)
+    assert result.scores.pixel_accuracy == 1.0 and result.n_images == 2
+    (spec.mask_path("b", aug=True)).unlink()
+    with pytest.raises(DataError, match=r"SegmentationClassAug/b\.png: missing, and so is"):
+        _evaluate(spec, [tmp_path / "pred"], aug_masks=True)
+
+
 def test_sweep_picks_the_best_threshold(tmp_path: Path) -> None:
     spec, pred = _sweep_case(tmp_path)
     sweep = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]

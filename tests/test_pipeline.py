@@ -18,12 +18,20 @@ def test_sections_are_the_schemas_stage_sections():
 def test_weak_and_full_rows_in_pipeline_order():
     weak = [s.name for s in pipeline.scored_stages("weak")]
     full = [s.name for s in pipeline.scored_stages("full")]
-    assert weak == ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
+    assert weak == ["cam", "rw", "rw_crf", "rw_crf_aug", "deeplab", "deeplab_crf"]
     assert full == ["deeplab_full", "deeplab_full_crf"]
     segformer = ["segformer", "segformer_crf"]
     full_segformer = ["segformer_full", "segformer_full_crf"]
     assert pipeline.stage_order() == weak + segformer + full + full_segformer
-    assert pipeline.train_stage_names() == {"cam", "rw", "rw_crf"}
+    assert pipeline.train_stage_names() == {"cam", "rw", "rw_crf"}  # Table 2's
+
+
+def test_each_stage_names_the_split_its_summary_row_reports():
+    roles = pipeline.split_roles()
+    assert [roles[s] for s in ("cam", "rw", "rw_crf", "rw_crf_aug")] == ["train"] * 3 + ["aug"]
+    assert {roles[s] for s in roles if s.startswith(("deeplab", "segformer"))} == {"val"}
+    aug = [s.name for s in pipeline.all_scored_stages() if s.aug_masks]
+    assert aug == ["rw_crf_aug"]  # scored on every training image, against the training masks
 
 
 def test_another_segmentation_network_adds_rows_under_its_own_prefix():

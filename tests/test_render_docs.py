@@ -109,7 +109,7 @@ def test_rendering_fills_tables_and_values_from_the_snapshot(docs):
     cam = next(line.split(",") for line in summary if line.startswith("puzzle,cam,"))
     assert f"puzzle CAM: {cam[5]};" in text
     assert "commit: f00d (baseline, full, puzzle); jobs took 12 min 05 s on cpu." in text
-    assert "| experiment | cam | rw | rw_crf | deeplab | deeplab_crf |" in text
+    assert "| experiment | cam | rw | rw_crf | rw_crf_aug | deeplab | deeplab_crf |" in text
     assert "{{" not in text and "{%" not in text
 
 

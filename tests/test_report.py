@@ -47,7 +47,7 @@ def test_per_class_chart_marks_absent_classes_and_keeps_zero_apart():
 @pytest.mark.parametrize("n_classes", [9, 21])
 def test_per_class_chart_fits_the_pane_for_demo_and_voc(tmp_path, n_classes):
     table = pd.DataFrame(
-        np.random.default_rng(0).uniform(0, 100, (n_classes, 5)),
+        np.random.default_rng(0).uniform(0, 100, (n_classes, len(WEAK))),
         index=VOC_CLASSES[:n_classes], columns=WEAK,
     )  # fmt: skip
     out = tmp_path / "per_class.png"

@@ -25,7 +25,7 @@ from tests.test_workflow_static import JOB_RULES
 
 pytestmark = pytest.mark.slow
 
-WEAK_STAGES = {"cam", "rw", "rw_crf", "deeplab", "deeplab_crf"}
+WEAK_STAGES = {"cam", "rw", "rw_crf", "rw_crf_aug", "deeplab", "deeplab_crf"}
 FULL_STAGES = {"deeplab_full", "deeplab_full_crf"}
 WEAK = ("puzzle", "baseline")
 EVERY = ("puzzle", "baseline", "full")
@@ -181,9 +181,13 @@ def test_the_evaluation_subset_reruns_every_evaluation_only(done):
                  "full": ("deeplab_full", "deeplab_full_crf")}  # fmt: skip
     expected = REPORTING | {_job("per_class_figure", experiment=e) for e in EVERY}
     expected |= {_job(r, experiment=e) for e in WEAK for r in ("eval_cams", "eval_rw")}
-    expected |= {_job("eval_pseudo_labels", experiment=e) for e in WEAK}
     expected |= {
-        _job("eval_deeplab", dl_stage=s, experiment=e) for e, ss in dl_stages.items() for s in ss
+        _job("eval_pseudo_labels", stage=s, experiment=e)
+        for e in WEAK
+        for s in ("rw_crf", "rw_crf_aug")
+    }
+    expected |= {
+        _job("eval_deeplab", stage=s, experiment=e) for e, ss in dl_stages.items() for s in ss
     }
     assert _keys(done, configfiles=(change,)) == expected
 
@@ -274,7 +278,7 @@ def test_a_rewritten_val_mask_reruns_its_check_and_the_evaluations_that_read_it(
                  "full": ("deeplab_full", "deeplab_full_crf")}  # fmt: skip
     assert jobs == REPORTING | {_job("check_data", kind="labels", split="val")} | {
         _job(r, experiment=e) for e in EVERY for r in ("per_class_figure", "val_gallery_figure")
-    } | {_job("eval_deeplab", dl_stage=s, experiment=e) for e, ss in dl_stages.items() for s in ss}
+    } | {_job("eval_deeplab", stage=s, experiment=e) for e, ss in dl_stages.items() for s in ss}
     assert len(jobs) == 19
     assert done.planned() == []  # put back: nothing to do again
 

@@ -18,7 +18,7 @@ from tests.stage_settings import section
 
 pytestmark = pytest.mark.slow
 
-WEAK_STAGES = ["cam", "rw", "rw_crf", "deeplab", "deeplab_crf"]
+WEAK_STAGES = ["cam", "rw", "rw_crf", "rw_crf_aug", "deeplab", "deeplab_crf"]
 
 
 def _override(project: Project, name: str, text: str) -> Path:
@@ -140,7 +140,7 @@ def test_another_segmentation_network_adds_rows_under_its_name(tmp_path):
     rows = {}
     for job in jobs:
         if job.rule == "eval_deeplab":
-            rows.setdefault(job.wildcards["experiment"], set()).add(job.wildcards["dl_stage"])
+            rows.setdefault(job.wildcards["experiment"], set()).add(job.wildcards["stage"])
     assert rows == {
         "puzzle": {"deeplab", "deeplab_crf"},
         "full": {"deeplab_full", "deeplab_full_crf"},

@@ -157,21 +157,23 @@ rule eval_rw:
 
 rule eval_pseudo_labels:
     input:
-        pred=eval_pred("rw_crf"),
-        truth=eval_truth("rw_crf"),
+        pred=eval_pred(),
+        truth=eval_truth(),
     output:
-        f"{RESULTS}/{{experiment}}/eval/rw_crf.csv",
+        f"{RESULTS}/{{experiment}}/eval/{{stage}}.csv",
     log:
-        f"{LOGS}/{{experiment}}/eval_pseudo_labels.log",
+        f"{LOGS}/{{experiment}}/eval_{{stage}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_pseudo_labels.tsv"
+        f"{LOGS}/benchmarks/{{experiment}}/eval_{{stage}}.tsv"
+    wildcard_constraints:
+        stage=PSEUDO_LABEL_STAGES,
     retries: 0
     conda:
         "../envs/pcam.yaml"
     threads: EVAL["workers"]
     params:
         dataset=DATASET_JSON,
-        args=eval_args("rw_crf"),
+        args=eval_args(),
         code=code("pcam.evaluate"),
     shell:
         "pcam --log-file {log:q} evaluate --dataset {params.dataset:q} {params.args}"

@@ -213,8 +213,8 @@ def deeplab_checks(w):
 
 
 def scored(w, name):
-    """The stage-table entry an evaluation scores: `name`, or the `dl_stage` wildcard."""
-    return SCORED[name or w.dl_stage]
+    """The stage-table entry an evaluation scores: `name`, or the `stage` wildcard."""
+    return SCORED[name or w.stage]
 
 
 def eval_pred(name=None):
@@ -239,6 +239,8 @@ def eval_args(name=None):
     def args(w):
         stage = scored(w, name)
         argv = ["--split", DATA[stage.split], "--every", str(EVAL["every"])]
+        if stage.aug_masks:
+            argv.append("--aug-masks")
         if stage.score_key:
             argv += ["--score-key", stage.score_key]
             argv += ["--threshold", str(EVAL[stage.threshold])]
@@ -248,8 +250,12 @@ def eval_args(name=None):
     return args
 
 
-# eval_deeplab's stages: every segmentation network's rows (the val-scored ones, pcam.pipeline).
-SEGMENTATION_STAGES = "|".join(s.name for s in all_scored_stages() if not s.on_train)
+# eval_deeplab's stages: every segmentation network's rows (the val-scored ones, pcam.pipeline);
+# eval_pseudo_labels': the pseudo-labels' rows (on the evaluation split and on all training images).
+SEGMENTATION_STAGES = "|".join(s.name for s in all_scored_stages() if s.on_val)
+PSEUDO_LABEL_STAGES = "|".join(
+    s.name for s in all_scored_stages() if s.source == "pseudo_labels"
+)
 
 
 def eval_csvs(experiment):

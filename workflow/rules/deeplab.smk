@@ -82,13 +82,13 @@ rule eval_deeplab:
         pred=eval_pred(),
         truth=eval_truth(),
     output:
-        f"{RESULTS}/{{experiment}}/eval/{{dl_stage}}.csv",
+        f"{RESULTS}/{{experiment}}/eval/{{stage}}.csv",
     log:
-        f"{LOGS}/{{experiment}}/eval_{{dl_stage}}.log",
+        f"{LOGS}/{{experiment}}/eval_{{stage}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/{{experiment}}/eval_{{dl_stage}}.tsv"
+        f"{LOGS}/benchmarks/{{experiment}}/eval_{{stage}}.tsv"
     wildcard_constraints:
-        dl_stage=SEGMENTATION_STAGES,
+        stage=SEGMENTATION_STAGES,
     retries: 0
     conda:
         "../envs/pcam.yaml"

@@ -66,7 +66,13 @@ rule summary:
         "../envs/pcam.yaml"
     threads: 1
     params:
-        splits=json.dumps({"train": DATA["eval_split"], "val": DATA["val_split"]}),
+        splits=json.dumps(
+            {
+                "train": DATA["eval_split"],
+                "val": DATA["val_split"],
+                "aug": DATA["train_split"],
+            }
+        ),
         paper=json.dumps(PAPER),
         code=code("pcam.summary"),
     shell:
