@@ -20,6 +20,7 @@ from PIL import Image
 
 from pcam.checkpoint import content_digest
 from pcam.data.manifest import KINDS
+from pcam.pipeline import all_scored_stages
 from tests.snakemake_runner import Project, job_keys, make_project
 from tests.test_workflow_static import JOB_RULES
 
@@ -79,6 +80,14 @@ def _expected_threads(rule: str) -> int:
     return 1  # compute.torch_threads for torch rules; 1 for the rest
 
 
+# an eval job's log is named after the stage it scores: eval_<stage>.log
+_EVAL_RULE = {
+    **{f"eval_{s.name}": "eval_deeplab" for s in all_scored_stages() if s.on_val},
+    **{f"eval_{s.name}": "eval_pseudo_labels" for s in all_scored_stages()
+       if s.source == "pseudo_labels"},
+}  # fmt: skip
+
+
 def test_every_job_ran_with_its_rules_threads(done):
     """Snakemake exports a rule's threads as OMP_NUM_THREADS, which torch follows
     (test_torch_follows_omp_num_threads); every job's log says what it was given."""
@@ -89,7 +98,7 @@ def test_every_job_ran_with_its_rules_threads(done):
             continue
         rule = path.parent.name if path.parent.name == "check_data" else path.stem
         rule = re.sub(r"-.*", "", rule)
-        rule = "eval_deeplab" if rule.startswith("eval_deeplab") else rule
+        rule = _EVAL_RULE.get(rule, rule)
         found = re.search(r"attempt started, .* OMP_NUM_THREADS=(\S+)", path.read_text())
         assert found, path
         seen.setdefault(rule, set()).add(int(found.group(1)))
