@@ -14,6 +14,11 @@ scales 0.5, 1.0, 1.5, 2.0 + flip, two classes present (VOC averages 1.5). Varian
 Images are timed one at a time after a warm-up image, the variants interleaved, so a machine
 shared with other jobs slows them alike; wall-clock and CPU-time images/s are both printed
 (median per image), with the largest CAM difference to the old path (maps normalised to max 1).
+
+The ceiling: the network's floating-point operations per image (`torch.utils.flop_counter`, two
+per multiply-add) and this CPU's best fp32 and bf16 dense throughput (`peak_flops_per_s`, same
+threads) give the images/s a path would reach if every operation ran at that speed; a speed-up
+over the old path beyond `ceiling / old` needs fewer operations, not faster ones.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from pcam.cams import NORM_EPS, max_normalise, multiscale_cams, strided_size
 from pcam.devices import autocast_context
@@ -86,6 +92,39 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def network_flops(net: Classifier, image: np.ndarray) -> float:
+    """Floating-point operations of the network's forward passes over one image's scales + flip."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        for x in scaled_inputs(image, SCALES, True):
+            net(x)
+    return float(counter.get_total_flops())
+
+
+def _best_rate(fn: Callable[[], object], flops: float, repeats: int = 4) -> float:
+    fn()  # warm-up: kernel selection
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return flops / min(seconds)
+
+
+def peak_flops_per_s(dtype: torch.dtype) -> float:
+    """This CPU's best dense throughput in `dtype` (FLOP/s): the faster of a 4096^3 matmul and a
+    channels_last 3x3 convolution (256 channels, 96x128), the network's densest kernels."""
+    a, b = torch.randn(4096, 4096).to(dtype), torch.randn(4096, 4096).to(dtype)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(dtype)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 256, 96, 128).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return max(
+            _best_rate(lambda: a @ b, 2 * 4096**3),
+            _best_rate(lambda: conv(x), 2 * 256 * 256 * 9 * 96 * 128),
+        )
+
+
 def _timed(fn: Callable[[], Cams]) -> tuple[Cams, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
@@ -139,6 +178,14 @@ def main() -> None:
                 diffs[name] = max(diffs[name], diff)
             print("  " + "  ".join(f"{k} {v[-1]:.1f}s" for k, v in walls.items()), flush=True)
     old_wall, old_cpu = statistics.median(walls["old"]), statistics.median(cpus["old"])
+    flops = network_flops(reference, images[0])
+    print(f"network: {flops / 1e9:.1f} GFLOP per image (forward passes, 2 per multiply-add)")
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rate = peak_flops_per_s(dtype)
+        print(
+            f"{label} peak {rate / 1e9:6.1f} GFLOP/s -> ceiling {rate / flops:.4f} img/s "
+            f"= {old_wall * rate / flops:.2f}x old (old: {flops / old_wall / 1e9:.1f} GFLOP/s)"
+        )
     header = ("variant", "img/s wall", "x old", "img/CPU-s", "x old")
     print("{:14s} {:>11s} {:>6s} {:>10s} {:>6s}  max |CAM - old|".format(*header))
     for name in variants:
