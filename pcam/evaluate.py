@@ -24,7 +24,14 @@ from tqdm import tqdm
 from pcam.data.voc import DatasetSpec, gt_mask, read_split, training_mask
 from pcam.errors import ConfigError, DataError
 from pcam.io import IGNORE_INDEX, find_in_dirs, load_label_png, load_scores, write_text
-from pcam.metrics import EvalResult, Scores, label_confusion, nanmean, score_confusion
+from pcam.metrics import (
+    EvalResult,
+    Scores,
+    class_image_counts,
+    label_confusion,
+    nanmean,
+    score_confusion,
+)
 
 # ----------------------------------------------------------------------------- files
 
@@ -102,9 +109,15 @@ def _image_confusion(job: _Job, image_id: str) -> np.ndarray:
     return score_confusion(gt, scores, keys, job.grid, c)
 
 
-def _chunk_confusion(job: _Job, ids: Sequence[str]) -> np.ndarray:
-    """Summed counts of a chunk of ids (one pool task)."""
-    return sum((_image_confusion(job, i) for i in ids[1:]), _image_confusion(job, ids[0]))
+def _chunk_counts(job: _Job, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Summed pixel confusion (T, C, C+1) and class-level counts (T, C, C) of a chunk of ids
+    (one pool task)."""
+    confusion = class_images = 0
+    for image_id in ids:
+        counts = _image_confusion(job, image_id)
+        confusion = confusion + counts
+        class_images = class_images + class_image_counts(counts)
+    return confusion, class_images
 
 
 def _threshold_grid(
@@ -154,15 +167,19 @@ def evaluate_predictions(
     per_task = max(1, min(32, math.ceil(len(ids) / (4 * workers))))
     chunks = [ids[i : i + per_task] for i in range(0, len(ids), per_task)]
     progress = partial(tqdm, total=len(chunks), desc=f"evaluate {split}", disable=None)
-    task = partial(_chunk_confusion, job)
+    task = partial(_chunk_counts, job)
     if workers == 1 or len(chunks) == 1:
-        total = sum(progress(map(task, chunks)))
+        parts = list(progress(map(task, chunks)))
     else:
         with multiprocessing.Pool(min(workers, len(chunks))) as pool:
-            total = sum(progress(pool.imap_unordered(task, chunks)))
+            parts = list(progress(pool.imap_unordered(task, chunks)))
+    total, classes = (sum(p[k] for p in parts) for k in (0, 1))
     if grid is None:
-        return EvalResult(split, spec.class_names, every, len(ids), None, total[0])
+        return EvalResult(
+            split, spec.class_names, every, len(ids), None, total[0], class_images=classes[0]
+        )
     at = np.searchsorted(grid, np.asarray(wanted, dtype=np.float32))
+    swept = thresholds is not None and len(thresholds) > 0
     return EvalResult(
         split,
         spec.class_names,
@@ -171,7 +188,9 @@ def evaluate_predictions(
         threshold,
         total[at[0]],
         sweep_thresholds=list(thresholds or []),
-        sweep_confusion=total[at[1:]] if thresholds else None,
+        sweep_confusion=total[at[1:]] if swept else None,
+        class_images=classes[at[0]],
+        sweep_class_images=classes[at[1:]] if swept else None,
     )
 
 
@@ -197,11 +216,35 @@ COLUMNS = [
     "every",
     "n_images",
 ]
+# Class-level counts (`pcam.metrics.class_image_counts`), after the columns above: a CSV written
+# before they existed still reads (its counts are None).
+CLASS_COLUMNS = ["class_images", "confused_images", "confused_as"]
 MEAN, FG_MEAN = "mean", "fg_mean"
 
 
 def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.4f}"
+
+
+def _class_cells(names: list[str], counts: np.ndarray | None) -> list[dict]:
+    """The `CLASS_COLUMNS` cells of a pass's rows (each class's, then the two mean rows': the
+    foreground totals) from its (C, C) class-level counts; empty for background, without counts."""
+    empty = dict.fromkeys(CLASS_COLUMNS, "")
+    if counts is None:
+        return [empty] * (len(names) + 2)
+    present = np.diagonal(counts).copy()
+    confused = counts.sum(axis=1) - present
+    others = counts - np.diag(present)
+    cells = [empty] + [
+        {
+            "class_images": int(present[c]),
+            "confused_images": int(confused[c]),
+            "confused_as": names[int(others[c].argmax())] if confused[c] else "",
+        }
+        for c in range(1, len(names))
+    ]
+    total = {"class_images": int(present.sum()), "confused_images": int(confused.sum())}
+    return [*cells, *[total | {"confused_as": ""}] * 2]
 
 
 def _rows(
@@ -252,12 +295,18 @@ def _rows(
 def write_csv(result: EvalResult, path: Path) -> None:
     """Write the long-format evaluation CSV atomically (format: docs/evaluation.md)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, *CLASS_COLUMNS], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(_rows(result, "configured", result.threshold, False, result.scores))
     best = result.best_index
-    for i, (th, s) in enumerate(result.sweep):
-        writer.writerows(_rows(result, "sweep", th, i == best, s))
+    sweep = zip(result.sweep, result.sweep_class_counts(), strict=True)
+    passes = [
+        ("configured", result.threshold, False, result.scores, result.class_images),
+        *(("sweep", th, i == best, s, counts) for i, ((th, s), counts) in enumerate(sweep)),
+    ]
+    for name, threshold, chosen, scores, counts in passes:
+        rows = _rows(result, name, threshold, chosen, scores)
+        cells = _class_cells(result.class_names, counts)
+        writer.writerows(row | cell for row, cell in zip(rows, cells, strict=True))
     write_text(path, buf.getvalue())
 
 
@@ -296,7 +345,7 @@ def read_summary(path: Path) -> dict:
     """Main numbers of an evaluation CSV; IoUs and accuracy in percent, sweep fields None if none.
 
     Keys: n_images, threshold, miou, fg_miou, miou_official, pixel_accuracy, best_threshold,
-    best_miou.
+    best_miou, class_images, confused_images (the foreground totals; None in a CSV without them).
     """
     path = Path(path)
     rows = _read_rows(path)
@@ -320,7 +369,14 @@ def read_summary(path: Path) -> dict:
         "pixel_accuracy": _number(mean, "pixel_accuracy", path),
         "best_threshold": _number(best[0], "threshold", path) if best else None,
         "best_miou": _number(best[0], "iou", path) if best else None,
+        **{k: _count(fg, k, path) for k in ("class_images", "confused_images")},
     }
+
+
+def _count(row: dict[str, str], key: str, path: Path) -> int | None:
+    """An integer cell of a `CLASS_COLUMNS` column; None when empty or absent."""
+    value = _number(row, key, path) if key in row else None
+    return None if value is None else int(value)
 
 
 def read_per_class(path: Path) -> dict[str, float]:

@@ -15,6 +15,10 @@ best foreground score exceeds t, so it is binned by how many thresholds lie belo
 
 Conventions (spec 15.4): a class absent from both prediction and GT has IoU NaN and is left out
 of `miou`, while `miou_official` counts it as 0 as upstream does.
+
+Besides the pixels, each image's confusion matrix says which of its classes were given to another
+class wholesale (`class_image_counts`): a pixel mIoU mixes such whole-region swaps with border
+errors, and a segmentation network trained on the labels learns the swaps as they are.
 """
 
 from __future__ import annotations
@@ -45,6 +49,24 @@ def label_confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.nd
     index += _indices(pred, c)
     counts = np.bincount(index.ravel(), minlength=(c + 1) ** 2)
     return counts.reshape(c + 1, c + 1)[:c].astype(np.int64, copy=False)
+
+
+def class_image_counts(confusion: np.ndarray) -> np.ndarray:
+    """(..., C, C) int64 class-level counts of one image's (..., C, C+1) confusion matrices.
+
+    [c, c] is 1 when foreground class c is in the image's GT; [c, d] (d != c, both foreground)
+    is 1 when class d holds more than half of c's GT pixels: the class's region was labelled as
+    another class. Row and column 0 (background) are 0. Summed over images, [c, c] counts the
+    images with class c and the rest of row c the images where it was taken for d.
+    """
+    c = confusion.shape[-2]
+    gt = confusion.sum(axis=-1)  # (..., C)
+    out = (2 * confusion[..., :c] > gt[..., :, None]).astype(np.int64)
+    diagonal = np.arange(c)
+    out[..., diagonal, diagonal] = gt > 0
+    out[..., 0, :] = 0
+    out[..., :, 0] = 0
+    return out
 
 
 def _top_channel(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,6 +195,8 @@ class EvalResult:
 
     `confusion` (C, C+1) is the pass at `threshold` (None for label PNGs); `sweep_confusion`
     (T, C, C+1) holds one matrix per entry of `sweep_thresholds` (empty without a sweep).
+    `class_images` (C, C) and `sweep_class_images` (T, C, C) are the matching sums of
+    `class_image_counts` over the images (None when not counted).
     """
 
     split: str
@@ -183,6 +207,8 @@ class EvalResult:
     confusion: np.ndarray
     sweep_thresholds: list[float] = field(default_factory=list)
     sweep_confusion: np.ndarray | None = None
+    class_images: np.ndarray | None = None
+    sweep_class_images: np.ndarray | None = None
 
     @property
     def scores(self) -> Scores:
@@ -198,6 +224,12 @@ class EvalResult:
             (th, Scores.from_confusion(cm))
             for th, cm in zip(self.sweep_thresholds, self.sweep_confusion, strict=True)
         ]
+
+    def sweep_class_counts(self) -> list[np.ndarray | None]:
+        """The (C, C) class-level counts of each sweep threshold (None when not counted)."""
+        if self.sweep_class_images is None:
+            return [None] * len(self.sweep)
+        return list(self.sweep_class_images)
 
     @property
     def best_index(self) -> int | None:

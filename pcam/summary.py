@@ -2,10 +2,13 @@
 
 Contract (`results/summary.csv`; extend, never rename): experiment, stage, split, n_images,
 threshold, miou, fg_miou, paper_miou, then best_threshold, best_miou, miou_official,
-pixel_accuracy, then weak_full_ratio (a weak experiment's DeepLab mIoU over the fully supervised
-one's, with or without dCRF alike) and commit (the experiment's `provenance.json`: git sha, with
-"-dirty" when tracked files differed, "unknown" outside a git checkout). mIoU values are
-percentages. Nothing in it depends on time or host, so two runs of one commit write the same bytes.
+pixel_accuracy, then class_images and confused_images (the evaluation's foreground totals: image x
+class pairs of the ground truth, and how many of them the stage labelled mostly as one other
+class; `pcam.metrics.class_image_counts`), then weak_full_ratio (a weak experiment's DeepLab mIoU
+over the fully supervised one's, with or without dCRF alike) and commit, always last (the
+experiment's `provenance.json`: git sha, with "-dirty" when tracked files differed, "unknown"
+outside a git checkout). mIoU values are percentages. Nothing in it depends on time or host, so
+two runs of one commit write the same bytes.
 
 Seeds: when an experiment runs several seeds (results/{experiment}/seed-K/eval/...), the table
 gains `SEED_COLUMNS` after those: each of its stages has one row per seed (`seed` = K) and a
@@ -52,14 +55,15 @@ BASE_COLUMNS = [
     "miou_official",
     "pixel_accuracy",
 ]
-COLUMNS = [*BASE_COLUMNS, "weak_full_ratio", "commit"]
+CLASS_COLUMNS = ["class_images", "confused_images"]
+COLUMNS = [*BASE_COLUMNS, *CLASS_COLUMNS, "weak_full_ratio", "commit"]
 SEED_COLUMNS = ["seed", "n_seeds", "miou_std", "miou_min", "miou_max"]
 UNKNOWN_COMMIT = "unknown"
 MEAN_SEED = "mean"  # the `seed` of the row aggregating an experiment's seeds
 # Columns of the per-seed rows: equal over seeds (the mean row repeats them), or averaged.
-_SAME_OVER_SEEDS = ["split", "n_images", "threshold", "paper_miou"]
+_SAME_OVER_SEEDS = ["split", "n_images", "threshold", "paper_miou", "class_images"]
 _MEAN_OVER_SEEDS = ["miou", "fg_miou", "best_threshold", "best_miou", "miou_official",
-                    "pixel_accuracy"]  # fmt: skip
+                    "pixel_accuracy", "confused_images"]  # fmt: skip
 
 
 # Paper values on VOC 2012 (spec 12). Table 2 (train split): CAM, +RW, +dCRF per backbone for the
@@ -133,6 +137,7 @@ def _eval_row(path: Path, splits: Mapping[str, str], paper: Mapping) -> dict:
         **{k: s[k] for k in ("n_images", "threshold", "miou", "fg_miou")},
         "paper_miou": paper[experiment][stage] if stage in paper.get(experiment, ()) else None,
         **{k: s[k] for k in ("best_threshold", "best_miou", "miou_official", "pixel_accuracy")},
+        **{k: s[k] for k in CLASS_COLUMNS},
         "seed": seed,
     }
 
@@ -226,7 +231,8 @@ def summary_frame(
     """
     rows = [_eval_row(Path(p), splits, paper) for p in evals]
     frame = pd.DataFrame.from_records(rows, columns=BASE_COLUMNS)
-    frame["seed"] = pd.Series([row["seed"] for row in rows], index=frame.index, dtype=object)
+    for column in [*CLASS_COLUMNS, "seed"]:  # ints or None, not floats
+        frame[column] = pd.Series([row[column] for row in rows], index=frame.index, dtype=object)
     with_seeds = frame["seed"].notna().any()
     if with_seeds:
         frame = pd.concat([frame, seed_rows(frame)], ignore_index=True)
@@ -258,8 +264,9 @@ def read_summary_csv(path: str | Path | io.TextIOBase) -> pd.DataFrame:
     missing = [c for c in BASE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: not a summary table (no column {missing[0]!r})")
-    # A summary written before these columns existed: no ratio, commit unknown.
-    for column, missing_value in (("weak_full_ratio", ""), ("commit", UNKNOWN_COMMIT)):
+    # A summary written before these columns existed: no ratio or counts, commit unknown.
+    later = [("weak_full_ratio", ""), ("commit", UNKNOWN_COMMIT), *((c, "") for c in CLASS_COLUMNS)]
+    for column, missing_value in later:
         if column not in frame.columns:
             frame[column] = missing_value
     return frame

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -150,12 +151,58 @@ def test_csv_round_trip_with_sweep(tmp_path: Path) -> None:
         "pixel_accuracy": pytest.approx(25.0),
         "best_threshold": 0.4,
         "best_miou": pytest.approx(100.0),
+        "class_images": 1,  # the cat of the one image
+        "confused_images": 0,
     }
     per_class = read_per_class(tmp_path / "eval" / "cam.csv")
     assert list(per_class) == CLASSES
     assert per_class["background"] == 0 and per_class["cat"] == pytest.approx(0.25)
     assert math.isnan(per_class["dog"]) and math.isnan(per_class["bird"])
     assert not list((tmp_path / "eval").glob(".*"))  # no temporary file left behind
+
+
+def test_class_swaps_are_counted_per_image_and_named(tmp_path: Path) -> None:
+    cat_dog = np.zeros((4, 4), dtype=np.uint8)
+    cat_dog[:2], cat_dog[2:, :2] = 1, 2  # 8 cat pixels, 4 dog pixels
+    swapped = cat_dog.copy()
+    swapped[:2, :3] = 2  # 6 of the 8 cat pixels labelled dog: the cat was taken for a dog
+    half = cat_dog.copy()
+    half[:2, :2] = 2  # exactly half: not a swap
+    masks = {"swap": cat_dog, "half": cat_dog, "right": cat_dog}
+    spec = _dataset(tmp_path / "data", masks)
+    for image_id, pred in (("swap", swapped), ("half", half), ("right", cat_dog)):
+        save_label_png(tmp_path / "pred" / f"{image_id}.png", pred, PALETTE)
+    result = _evaluate(spec, [tmp_path / "pred"])
+    counts = result.class_images
+    assert counts[1, 1] == counts[2, 2] == 3 and counts[1, 2] == 1
+    assert counts.sum() == 7 and counts[0].sum() == counts[:, 0].sum() == 0
+    write_csv(result, tmp_path / "eval.csv")
+    rows = {r["class"]: r for r in csv.DictReader(open(tmp_path / "eval.csv"))}
+    assert (rows["cat"]["confused_images"], rows["cat"]["confused_as"]) == ("1", "dog")
+    assert (rows["dog"]["confused_images"], rows["dog"]["confused_as"]) == ("0", "")
+    assert rows["background"]["class_images"] == "" and rows["bird"]["class_images"] == "0"
+    summary = read_summary(tmp_path / "eval.csv")
+    assert (summary["class_images"], summary["confused_images"]) == (6, 1)
+
+
+def test_class_counts_follow_the_sweep(tmp_path: Path) -> None:
+    spec, pred = _sweep_case(tmp_path)
+    result = _evaluate(spec, [pred], score_key="hr_cam", threshold=0.1, thresholds=[0.2, 0.4])
+    assert [int(c[1, 1]) for c in result.sweep_class_counts()] == [1, 1]
+    write_csv(result, tmp_path / "cam.csv")
+    sweep_rows = [r for r in csv.DictReader(open(tmp_path / "cam.csv")) if r["pass"] == "sweep"]
+    assert {r["class_images"] for r in sweep_rows if r["class"] == "cat"} == {"1"}
+
+
+def test_a_csv_without_class_counts_still_reads(tmp_path: Path) -> None:
+    spec = _dataset(tmp_path / "data", {"a": GT})
+    save_label_png(tmp_path / "pred" / "a.png", PRED, PALETTE)
+    write_csv(_evaluate(spec, [tmp_path / "pred"]), tmp_path / "new.csv")
+    old = [",".join(line.split(",")[:-3]) for line in (tmp_path / "new.csv").read_text().split()]
+    (tmp_path / "old.csv").write_text("\n".join(old) + "\n")
+    summary = read_summary(tmp_path / "old.csv")
+    assert summary["class_images"] is None and summary["confused_images"] is None
+    assert summary["miou"] == read_summary(tmp_path / "new.csv")["miou"]
 
 
 def test_csv_round_trip_png_has_no_threshold(tmp_path: Path) -> None:

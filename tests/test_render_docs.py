@@ -11,7 +11,7 @@ import pytest
 from pcam import cli, render_docs
 from pcam.errors import DataError
 from pcam.summary import COLUMNS, SEED_COLUMNS
-from tests.test_summary import FULL, SPLITS, WEAK, _results
+from tests.test_summary import CLASSES, FULL, SPLITS, WEAK, _results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,6 +94,25 @@ def test_snapshot_copies_the_summary_and_states_the_run(docs, tmp_path):
     assert run["final_cls_loss"] == {"puzzle": 0.4, "baseline": 0.5}
 
 
+def test_snapshot_keeps_the_per_class_cells_and_ranks_class_gaps(docs, tmp_path):
+    results = tmp_path / "results"
+    classes = (docs / "results" / "demo" / "classes.csv").read_text().splitlines()
+    assert classes[0] == "run,stage,class,iou,class_images,confused_images,confused_as"
+    assert len(classes) == 1 + len(CLASSES) * (2 * len(WEAK) + len(FULL))  # every class row
+    snapshot = render_docs.read_snapshot(docs / "results" / "demo")
+    cat = snapshot.classes["puzzle"]["deeplab"]["cat"]
+    eval_rows = (results / "puzzle" / "eval" / "deeplab.csv").read_text().splitlines()
+    row = next(line.split(",") for line in eval_rows if ",cat," in line)
+    assert cat["iou"] == float(row[5]) and cat["class_images"] == float(row[18])
+    gaps = snapshot.class_gaps("deeplab", "puzzle", "baseline")
+    assert [name for name, _ in gaps] != [] and "background" not in dict(gaps)
+    assert [g for _, g in gaps] == sorted(g for _, g in gaps)
+    base = snapshot.classes["baseline"]["deeplab"]
+    assert dict(gaps)["dog"] == pytest.approx(
+        snapshot.classes["puzzle"]["deeplab"]["dog"]["iou"] - base["dog"]["iou"]
+    )
+
+
 def test_final_cls_loss_names_a_curve_without_cls(tmp_path):
     curve = tmp_path / "curve.csv"
     curve.write_text("step,ce\n10,0.5\n")
@@ -171,8 +190,8 @@ def test_a_seeded_run_is_snapshotted_per_seed_folder(tmp_path):
         (run / "provenance.json").write_text(json.dumps(record))
         (run / "classifier").mkdir()
         (run / "classifier" / "curve.csv").write_text(f"step,cls\n10,0.{k}\n")
-        rows.append(f"puzzle,cam,train,8,0.15,{miou},,,,,,,,f00d,{k},,,,")
-    rows.append("puzzle,cam,train,8,0.15,42.00,,,,,,,,f00d,mean,2,2.83,40.00,44.00")
+        rows.append(f"puzzle,cam,train,8,0.15,{miou},,,,,,,,,,f00d,{k},,,,")
+    rows.append("puzzle,cam,train,8,0.15,42.00,,,,,,,,,,f00d,mean,2,2.83,40.00,44.00")
     header = ",".join([*COLUMNS, *SEED_COLUMNS])
     (results / "summary.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
     docs = tmp_path / "docs"

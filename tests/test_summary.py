@@ -12,6 +12,7 @@ import pytest
 from pcam import cli
 from pcam.errors import DataError
 from pcam.evaluate import EvalResult, read_summary, write_csv
+from pcam.metrics import class_image_counts
 from pcam.summary import (
     BASE_COLUMNS,
     COLUMNS,
@@ -45,6 +46,7 @@ def _write_eval(path: Path, seed: int, sweep: bool) -> None:
         threshold=0.15 if sweep else None, confusion=_confusion(seed),
         sweep_thresholds=[0.1, 0.2] if sweep else [],
         sweep_confusion=np.stack([_confusion(seed + 50), _confusion(seed + 60)]) if sweep else None,
+        class_images=class_image_counts(_confusion(seed)[None])[0] * (1 + seed % 2),
     )  # fmt: skip
     write_csv(result, path)
 
