@@ -174,10 +174,14 @@ def read_snapshot(folder: Path) -> Snapshot:
 def run_summary(provenances: list[dict[str, Any]]) -> dict[str, Any]:
     """What a snapshot states about the run, from its experiments' provenance (no host)."""
     jobs = [job for p in provenances for job in p["jobs"]]
+    job_commits = sorted({c for p in provenances for c in p.get("job_commits", [])})
     return {
         "experiments": sorted(p["experiment"] for p in provenances),
         "commits": sorted({p["commit"] for p in provenances}),
-        "dirty": any(p["dirty"] for p in provenances),
+        "job_commits": job_commits,
+        # a job that ran with uncommitted changes makes the run dirty, as the experiment's own
+        "dirty": any(p["dirty"] for p in provenances)
+        or any(c.endswith("-dirty") for c in job_commits),
         "devices": sorted({j["device"] for j in jobs}),
         "precisions": sorted({j["precision"] for j in jobs}),
         "cpus": sorted({j["cpus"] for j in jobs}),

@@ -113,6 +113,17 @@ def test_snapshot_keeps_the_per_class_cells_and_ranks_class_gaps(docs, tmp_path)
     )
 
 
+def test_a_job_run_with_uncommitted_changes_makes_the_snapshot_dirty(tmp_path):
+    results = _run(tmp_path)
+    record = json.loads((results / "puzzle" / "provenance.json").read_text())
+    record["job_commits"] = ["f00d", "beef-dirty"]  # the experiment's own commit is clean
+    (results / "puzzle" / "provenance.json").write_text(json.dumps(record))
+    folder = render_docs.take_snapshot(results, tmp_path / "docs", "demo")
+    run = json.loads((folder / "run.json").read_text())
+    assert run["commits"] == ["f00d"] and run["job_commits"] == ["beef-dirty", "f00d"]
+    assert run["dirty"] is True
+
+
 def test_final_cls_loss_names_a_curve_without_cls(tmp_path):
     curve = tmp_path / "curve.csv"
     curve.write_text("step,ce\n10,0.5\n")
