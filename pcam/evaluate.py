@@ -179,7 +179,7 @@ def evaluate_predictions(
             split, spec.class_names, every, len(ids), None, total[0], class_images=classes[0]
         )
     at = np.searchsorted(grid, np.asarray(wanted, dtype=np.float32))
-    swept = thresholds is not None and len(thresholds) > 0
+    swept = bool(thresholds)
     return EvalResult(
         split,
         spec.class_names,
@@ -321,7 +321,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: not an evaluation CSV (missing columns {missing})")
-    return rows
+    return [dict.fromkeys(CLASS_COLUMNS, "") | row for row in rows]  # empty in an older CSV
 
 
 def _find(rows: list[dict[str, str]], path: Path, **match: str) -> dict[str, str]:
@@ -374,19 +374,25 @@ def read_summary(path: Path) -> dict:
 
 
 def _count(row: dict[str, str], key: str, path: Path) -> int | None:
-    """An integer cell of a `CLASS_COLUMNS` column; None when empty or absent."""
-    value = _number(row, key, path) if key in row else None
+    """An integer cell of a `CLASS_COLUMNS` column; None when empty."""
+    value = _number(row, key, path)
     return None if value is None else int(value)
+
+
+def read_class_rows(path: Path) -> list[dict[str, str]]:
+    """The per-class rows of the configured/PNG pass, cells as written (`CLASS_COLUMNS` empty
+    in a CSV without them); DataError naming the file when it has none."""
+    path = Path(path)
+    rows = [r for r in _read_rows(path) if r["pass"] == "configured" and r["class_index"] != ""]
+    if not rows:
+        raise DataError(f"{path}: no per-class rows")
+    return rows
 
 
 def read_per_class(path: Path) -> dict[str, float]:
     """Class name -> IoU as a fraction (NaN: absent from both) of the configured/PNG pass."""
-    path = Path(path)
     out = {}
-    for row in _read_rows(path):
-        if row["pass"] == "configured" and row["class_index"] != "":
-            value = _number(row, "iou", path)
-            out[row["class"]] = math.nan if value is None else value / 100
-    if not out:
-        raise DataError(f"{path}: no per-class rows")
+    for row in read_class_rows(path):
+        value = _number(row, "iou", Path(path))
+        out[row["class"]] = math.nan if value is None else value / 100
     return out

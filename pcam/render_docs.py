@@ -207,17 +207,19 @@ def final_cls_loss(curve: Path, last: int = 3) -> float:
 
 
 def class_table(results: Path, runs: list[str]) -> pd.DataFrame:
-    """The per-class rows of the configured pass of every evaluation CSV of `runs`: run, stage,
-    class, then `CLASS_CELLS` (strings as in the CSV; counts empty in a CSV without them)."""
-    frames = []
-    for run in runs:
-        for path in sorted((results / run / "eval").glob("*.csv")):
-            rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-            rows = rows[(rows["pass"] == "configured") & (rows["class_index"] != "")]
-            rows = rows.reindex(columns=["class", *CLASS_CELLS], fill_value="")
-            frames.append(rows.assign(run=run, stage=path.stem))
+    """The per-class rows of the configured pass of every evaluation CSV of `runs`
+    (`pcam.evaluate.read_class_rows`): run, stage, class, then `CLASS_CELLS` (strings as in the
+    CSV; counts empty in a CSV without them)."""
+    from pcam.evaluate import read_class_rows
+
     columns = ["run", "stage", "class", *CLASS_CELLS]
-    return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
+    records = [
+        {"run": run, "stage": path.stem} | {c: row[c] for c in columns[2:]}
+        for run in runs
+        for path in sorted((results / run / "eval").glob("*.csv"))
+        for row in read_class_rows(path)
+    ]
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def take_snapshot(results: Path, docs: Path, name: str) -> Path:
