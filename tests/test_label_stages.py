@@ -14,7 +14,7 @@ from pcam.errors import DataError
 from pcam.io import IGNORE_INDEX, load_label_png, load_scores, save_label_png, save_scores
 from pcam.labels import keys_to_labels, threshold_argmax
 from pcam.stages.affinity_labels import combine, make_affinity_labels
-from pcam.stages.pseudo_labels import make_pseudo_labels
+from pcam.stages.pseudo_labels import ignore_if_tag_missing, make_pseudo_labels, pseudo_label_map
 
 CONFIG = load_config(Path(__file__).resolve().parent.parent / "config" / "config.yaml")
 AFFINITY = CONFIG["affinity_labels"]  # fg 0.40, bg 0.10, CRF 10 iterations (spec 15.5)
@@ -115,7 +115,7 @@ def test_pseudo_labels_agree_with_gt(spec: DatasetSpec, score_dir: Path, tmp_pat
 def test_pseudo_labels_without_crf_are_the_thresholded_argmax(
     spec: DatasetSpec, score_dir: Path, tmp_path: Path
 ) -> None:
-    settings = {"threshold": 0.5, "crf": {**PSEUDO["crf"], "iterations": 0}}
+    settings = {**PSEUDO, "threshold": 0.5, "crf": {**PSEUDO["crf"], "iterations": 0}}
     make_pseudo_labels(
         spec, settings, rw_dirs=[score_dir], split="val", shard=0, num_shards=1,
         out_dir=tmp_path, workers=1,
@@ -125,6 +125,30 @@ def test_pseudo_labels_without_crf_are_the_thresholded_argmax(
         rw, keys = data["rw"], data["keys"]
         expected = np.where(rw.max(0) > 0.5, keys[1:][rw.argmax(0)], 0)
         np.testing.assert_array_equal(load_label_png(tmp_path / f"{image_id}.png"), expected)
+
+
+def test_a_map_missing_a_tagged_class_keeps_only_its_background() -> None:
+    keys = np.array([0, 3, 5])
+    labels = np.array([[0, 3], [3, 0]], dtype=np.uint8)
+    assert ignore_if_tag_missing(labels, keys).tolist() == [[0, IGNORE_INDEX], [IGNORE_INDEX, 0]]
+    whole = np.array([[0, 3], [5, 0]], dtype=np.uint8)
+    assert ignore_if_tag_missing(whole, keys) is whole
+    assert ignore_if_tag_missing(whole, np.array([0])) is whole  # no tags: nothing can be missing
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_pseudo_label_map_ignores_missing_tags_only_when_asked(ignore: bool) -> None:
+    """Class 5 is tagged but never above class 3's score: its object was taken for class 3."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    rw = np.zeros((2, 8, 8), np.float32)
+    rw[0, :, 4:] = 0.9
+    rw[1, :, 4:] = 0.6
+    settings = {"threshold": 0.35, "crf": {**PSEUDO["crf"], "iterations": 0}}
+    settings["ignore_missing_tags"] = ignore
+    labels = pseudo_label_map(image, rw, np.array([0, 3, 5]), settings)
+    assert (labels[:, :4] == 0).all()
+    assert (labels[:, 4:] == (IGNORE_INDEX if ignore else 3)).all()
 
 
 def test_existing_pngs_are_kept_and_empty_shards_make_the_dir(

@@ -2,7 +2,10 @@
 
 A constant background channel equal to `threshold` goes in front of the random-walk maps, the
 argmax is refined by a label CRF of `crf.iterations` steps (none when 0) and mapped to dataset
-labels. Every pixel gets a class: no 255 is produced here.
+labels. Every pixel gets a class, except with `ignore_missing_tags` (NOT the paper, off by
+default): a map in which a class the image is tagged with got no pixel is known to be wrong
+somewhere (typically that object was taken for a co-occurring class), so its foreground becomes
+255 and DeepLab learns only the image's background from it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pcam.data.voc import DatasetSpec, read_split
-from pcam.io import shard_ids
+from pcam.io import IGNORE_INDEX, shard_ids
 from pcam.labels import crf_label_map, write_label_maps
 
 
@@ -22,8 +25,18 @@ def pseudo_label_map(
     image: np.ndarray, rw: np.ndarray, keys: np.ndarray, settings: dict[str, Any]
 ) -> np.ndarray:
     """Pseudo-labels (H, W) uint8 in {0, keys[1:]} of an (H, W, 3) uint8 image and its (K, H, W)
-    random-walk maps in [0, 1]; `settings` is the config section `pseudo_labels`."""
-    return crf_label_map(image, rw, keys, settings["threshold"], settings["crf"])
+    random-walk maps in [0, 1]; `settings` is the config section `pseudo_labels`. With
+    `settings["ignore_missing_tags"]`, see `ignore_if_tag_missing`."""
+    labels = crf_label_map(image, rw, keys, settings["threshold"], settings["crf"])
+    return ignore_if_tag_missing(labels, keys) if settings["ignore_missing_tags"] else labels
+
+
+def ignore_if_tag_missing(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """`labels` unchanged when every tagged class (`keys[1:]`) has a pixel in it; otherwise a copy
+    whose foreground (every non-background pixel) is IGNORE_INDEX."""
+    if np.isin(keys[1:], labels).all():
+        return labels
+    return np.where(labels == 0, labels, np.uint8(IGNORE_INDEX)).astype(labels.dtype)
 
 
 def make_pseudo_labels(
