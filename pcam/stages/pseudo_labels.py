@@ -24,9 +24,9 @@ from pcam.labels import crf_label_map, write_label_maps
 def pseudo_label_map(
     image: np.ndarray, rw: np.ndarray, keys: np.ndarray, settings: dict[str, Any]
 ) -> np.ndarray:
-    """Pseudo-labels (H, W) uint8 in {0, keys[1:]} of an (H, W, 3) uint8 image and its (K, H, W)
-    random-walk maps in [0, 1]; `settings` is the config section `pseudo_labels`. With
-    `settings["ignore_missing_tags"]`, see `ignore_if_tag_missing`."""
+    """Pseudo-labels (H, W) uint8 in {0, keys[1:]} (and 255 with `settings["ignore_missing_tags"]`,
+    see `ignore_if_tag_missing`) of an (H, W, 3) uint8 image and its (K, H, W) random-walk maps in
+    [0, 1]; `settings` is the config section `pseudo_labels`."""
     labels = crf_label_map(image, rw, keys, settings["threshold"], settings["crf"])
     return ignore_if_tag_missing(labels, keys) if settings["ignore_missing_tags"] else labels
 
@@ -36,7 +36,9 @@ def ignore_if_tag_missing(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
     whose foreground (every non-background pixel) is IGNORE_INDEX."""
     if np.isin(keys[1:], labels).all():
         return labels
-    return np.where(labels == 0, labels, np.uint8(IGNORE_INDEX)).astype(labels.dtype)
+    ignored = labels.copy()
+    ignored[labels != 0] = IGNORE_INDEX
+    return ignored
 
 
 def make_pseudo_labels(
