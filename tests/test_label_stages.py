@@ -144,8 +144,7 @@ def test_pseudo_label_map_ignores_missing_tags_only_when_asked(ignore: bool) -> 
     rw = np.zeros((2, 8, 8), np.float32)
     rw[0, :, 4:] = 0.9
     rw[1, :, 4:] = 0.6
-    settings = {"threshold": 0.35, "crf": {**PSEUDO["crf"], "iterations": 0}}
-    settings["ignore_missing_tags"] = ignore
+    settings = {**PSEUDO, "crf": {**PSEUDO["crf"], "iterations": 0}, "ignore_missing_tags": ignore}
     labels = pseudo_label_map(image, rw, np.array([0, 3, 5]), settings)
     assert (labels[:, :4] == 0).all()
     assert (labels[:, 4:] == (IGNORE_INDEX if ignore else 3)).all()
