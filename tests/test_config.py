@@ -160,6 +160,7 @@ def test_voc_config_restores_every_paper_value_the_demo_defaults_shrink():
     )  # fmt: skip
     assert stage_settings(cfg, "puzzle", "affinitynet")["radius"] == 10
     assert stage_settings(cfg, "puzzle", "affinitynet")["init_from_classifier"] is False
+    assert stage_settings(cfg, "puzzle", "affinitynet")["side_kernel"] == 1
     assert stage_settings(cfg, "puzzle", "rw")["exp_times"] == 8
     assert stage_settings(cfg, "puzzle", "deeplab")["norm"] == "frozen"
     assert stage_settings(cfg, "puzzle", "pseudo_labels")["ignore_missing_tags"] is False

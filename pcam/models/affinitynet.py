@@ -26,8 +26,15 @@ GN_GROUPS = 4  # spec 5.1: GroupNorm(4, 32)
 class AffinityNet(nn.Module):
     """Boundary detector over a frozen `backbone` (any timm ResNet-style name)."""
 
-    def __init__(self, backbone: str, *, pretrained: bool | str = False) -> None:
+    def __init__(
+        self, backbone: str, *, pretrained: bool | str = False, side_kernel: int = 1
+    ) -> None:
+        """side_kernel: the side branches' convolution size, 1 (the paper's) or an odd k > 1
+        (NOT the paper: each branch then sees its k x k neighbourhood, so it can answer to
+        local change, not only to what a position's features say)."""
         super().__init__()
+        if side_kernel < 1 or side_kernel % 2 == 0:
+            raise ValueError(f"side_kernel must be a positive odd integer, got {side_kernel}")
         self.backbone = create_backbone(
             backbone,
             pretrained=pretrained,
@@ -42,7 +49,8 @@ class AffinityNet(nn.Module):
         self.pad_multiple = max(max(self.reductions), STRIDE)
         self.sides = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(c, SIDE_CHANNELS, 1, bias=False), nn.GroupNorm(GN_GROUPS, SIDE_CHANNELS)
+                nn.Conv2d(c, SIDE_CHANNELS, side_kernel, padding=side_kernel // 2, bias=False),
+                nn.GroupNorm(GN_GROUPS, SIDE_CHANNELS),
             )
             for c in info.channels()
         )
@@ -50,10 +58,15 @@ class AffinityNet(nn.Module):
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], num_classes: int) -> AffinityNet:
-        """Build from the `affinitynet` config section (backbone, pretrained); `num_classes` is
-        accepted for the model-file interface and unused (boundaries know no classes)."""
+        """Build from the `affinitynet` config section (backbone, pretrained, side_kernel);
+        `num_classes` is accepted for the model-file interface and unused (boundaries know no
+        classes). Model files saved before `side_kernel` existed hold the paper's 1x1 branches."""
         del num_classes
-        return cls(settings["backbone"], pretrained=settings["pretrained"])
+        return cls(
+            settings["backbone"],
+            pretrained=settings["pretrained"],
+            side_kernel=int(settings.get("side_kernel", 1)),
+        )
 
     def train(self, mode: bool = True) -> AffinityNet:
         """Set the side branches' mode; the frozen backbone always stays in eval mode."""
